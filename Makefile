@@ -1,0 +1,22 @@
+# Quick start: `make demo` (set up, then the whole pipeline on synthetic data) and
+# `make test` (set up, then the test suite). Both create .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test lint clean
+
+setup:
+	@./scripts/setup.sh
+
+demo: setup
+	rm -rf demo_output
+	$(VENV)/bin/anomaly-seg demo --out demo_output
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check anomaly_seg_ros test launch
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

@@ -1,0 +1,106 @@
+"""The one scorer interface and its registry.
+
+A scorer maps logits ``(N, C, H, W)`` to per-pixel anomaly scores ``(N, H, W)`` on the
+logits' device; higher means more anomalous, for every scorer. Each scorer keeps its formula
+as a pure static ``score`` function of the tensors (pytorch-ood style) so that evaluation code
+and tests can call it without an instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+
+from anomaly_seg_ros.errors import ConfigError
+
+_REGISTRY: dict[str, type[Scorer]] = {}
+
+
+class Scorer:
+    """Base class: subclasses define ``name``, ``score`` and their keyword parameters."""
+
+    name: ClassVar[str]
+    #: Default heatmap display range (low, high) of the score, used when none is configured.
+    display_range: ClassVar[tuple[float, float] | None] = None
+
+    def __init__(self, **params: Any) -> None:
+        if params:
+            raise ConfigError(
+                f"scorer {self.name!r} takes no parameters, got {sorted(params)}"
+            )
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The scorer's parameters, as given to ``get_scorer``."""
+        return {}
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        check_logits(logits)
+        return self.score(logits, **self.params)
+
+    @staticmethod
+    def score(logits: torch.Tensor, **params: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{key}={value!r}" for key, value in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+
+class TemperatureScorer(Scorer):
+    """A scorer with a softmax temperature ``T > 0`` (seed 000 eq. 5)."""
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        temperature = float(temperature)
+        if not temperature > 0.0:
+            raise ConfigError(
+                f"scorer {self.name!r}: temperature must be > 0, got {temperature}"
+            )
+        self.temperature = temperature
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"temperature": self.temperature}
+
+
+def check_logits(logits: torch.Tensor) -> None:
+    """Reject anything that is not a floating (N, C, H, W) tensor with at least two classes."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor of shape (N, C, H, W), got {type(logits).__name__}")
+    if logits.ndim != 4 or logits.shape[1] < 2:
+        raise ValueError(
+            f"logits must have shape (N, C, H, W) with C >= 2 classes, got {tuple(logits.shape)}"
+        )
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be floating point, got {logits.dtype}")
+
+
+def register_scorer(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator that makes a scorer available by its ``name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"scorer {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_scorers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_scorer(name: str, **params: Any) -> Scorer:
+    """Build the scorer registered as ``name`` with its keyword parameters."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown scorer {name!r}; available: {', '.join(available_scorers())}"
+        ) from None
+    try:
+        return cls(**params)
+    except TypeError as error:
+        raise ConfigError(f"scorer {name!r}: bad parameters {params}: {error}") from None
+
+
+ScoreFunction = Callable[[torch.Tensor], torch.Tensor]

@@ -1,0 +1,87 @@
+"""Scorers computed from the logits alone (seed 000 section 3.1, eq. 2-5) and the energy score.
+
+All four are post hoc: they need no retraining and cost one reduction over the class axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from anomaly_seg_ros.scoring.base import Scorer, TemperatureScorer, register_scorer
+
+
+@register_scorer
+class MaxSoftmax(TemperatureScorer):
+    r"""Maximum softmax probability (Hendrycks & Gimpel, ICLR 2017, arXiv:1610.02136).
+
+    .. math:: s(x) = -\max_k \operatorname{softmax}(f(x)/T)_k
+
+    With ``T = 1`` this is seed 000 eq. 2; other temperatures give eq. 5.
+    Scores lie in ``[-1, -1/C]``.
+    """
+
+    name = "msp"
+    display_range = (-1.0, -0.3)
+
+    @staticmethod
+    def score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        # max softmax = exp(max logit/T - logsumexp(logits/T)): one reduction, no full softmax.
+        scaled = logits / temperature
+        return -torch.exp(scaled.amax(dim=1) - torch.logsumexp(scaled, dim=1))
+
+
+@register_scorer
+class MaxLogit(Scorer):
+    r"""Maximum logit (Hendrycks et al., ICML 2022, arXiv:1911.11132).
+
+    .. math:: s(x) = -\max_k f(x)_k
+
+    Seed 000 eq. 3: unnormalised, so not diluted by the number of classes.
+    """
+
+    name = "maxlogit"
+
+    @staticmethod
+    def score(logits: torch.Tensor) -> torch.Tensor:
+        return -logits.amax(dim=1)
+
+
+@register_scorer
+class MaxEntropy(TemperatureScorer):
+    r"""Normalised predictive entropy of the softmax (seed 000 eq. 4).
+
+    .. math:: s(x) = -\frac{1}{\log C} \sum_k p_k \log p_k, \quad p = \operatorname{softmax}(f(x)/T)
+
+    The paper's eq. 4 writes the normaliser as the number of classes; the seed's base code
+    divides by ``log C`` so that the score lies in ``[0, 1]``. A constant factor leaves every
+    ranking metric unchanged; ``log C`` makes thresholds comparable between 19- and
+    20-class models. Computed from one log-softmax pass.
+    """
+
+    name = "maxentropy"
+    display_range = (0.0, 1.0)
+
+    @staticmethod
+    def score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits / temperature, dim=1)
+        entropy = -(log_probs.exp() * log_probs).sum(dim=1)
+        return entropy / math.log(logits.shape[1])
+
+
+@register_scorer
+class Energy(TemperatureScorer):
+    r"""Free energy (Liu et al., NeurIPS 2020, arXiv:2010.03759).
+
+    .. math:: s(x) = E(x) = -T \log \sum_k e^{f(x)_k / T}
+
+    The paper's in-distribution score is the negative energy ``T·logsumexp(f/T)``; its
+    negation, the energy itself, is the anomaly score (higher = more anomalous).
+    """
+
+    name = "energy"
+
+    @staticmethod
+    def score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return -temperature * torch.logsumexp(logits / temperature, dim=1)
