@@ -54,7 +54,7 @@ def drivable_area(labels: np.ndarray, drivable_classes: tuple[int, ...]) -> np.n
     region = np.zeros(labels.shape, dtype=np.uint8)
     if contours:
         areas = np.array([cv2.contourArea(contour) for contour in contours])
-        keep = [contour for contour, area in zip(contours, areas) if area >= 0.05 * areas.max()]
+        keep = [contour for contour, area in zip(contours, areas, strict=True) if area >= 0.05 * areas.max()]
         hull = cv2.convexHull(np.concatenate(keep))
         cv2.fillConvexPoly(region, hull, 1)
         region |= mask

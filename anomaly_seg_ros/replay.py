@@ -127,7 +127,9 @@ def find_topics(bag: Path, options: ReplayOptions) -> tuple[str, str, str | None
     topics = list_topics(bag)
     gt_topic = options.gt_topic
     if gt_topic is None:
-        candidates = [t for t, (kind, _) in topics.items() if kind in IMAGE_TYPES and t.rsplit("/", 1)[-1] == GT_TOPIC_SUFFIX]
+        candidates = [
+            t for t, (kind, _) in topics.items() if kind in IMAGE_TYPES and t.rsplit("/", 1)[-1] == GT_TOPIC_SUFFIX
+        ]
         gt_topic = candidates[0] if len(candidates) == 1 else None
     elif gt_topic not in topics:
         raise BagError(f"ground-truth topic {gt_topic!r} is not in {bag}; topics: {', '.join(sorted(topics))}")
@@ -141,9 +143,7 @@ def find_topics(bag: Path, options: ReplayOptions) -> tuple[str, str, str | None
     cameras = [t for t, (kind, _) in topics.items() if kind in IMAGE_TYPES and t != gt_topic]
     if len(cameras) != 1:
         listing = ", ".join(cameras) or "none"
-        raise BagError(
-            f"{bag} has {len(cameras)} image topics ({listing}); name the camera topic with --topic"
-        )
+        raise BagError(f"{bag} has {len(cameras)} image topics ({listing}); name the camera topic with --topic")
     return cameras[0], topics[cameras[0]][0], gt_topic
 
 
@@ -175,7 +175,9 @@ class _GroundTruthTracker:
         while len(self.truth) > MAX_PENDING_GT:
             self.truth.popitem(last=False)
 
-    def _score(self, stamp_ns: int, frame_index: int, anomaly: np.ndarray, alerts: list[Alert], mask: np.ndarray) -> None:
+    def _score(
+        self, stamp_ns: int, frame_index: int, anomaly: np.ndarray, alerts: list[Alert], mask: np.ndarray
+    ) -> None:
         if mask.shape != anomaly.shape:
             raise MessageConversionError(
                 f"ground-truth mask has shape {mask.shape}, expected the camera frame's {anomaly.shape}",
@@ -200,9 +202,7 @@ class _GroundTruthTracker:
             else:
                 active.remove(track)
             track.bbox, track.last_seen_ns = bbox, stamp_ns
-            if track.first_alert_ns is None and any(
-                self._covers(alert, ids, index, area) for alert in alerts
-            ):
+            if track.first_alert_ns is None and any(self._covers(alert, ids, index, area) for alert in alerts):
                 track.first_alert_ns, track.first_alert_frame, track.area_at_alert_px = stamp_ns, frame_index, area
 
     def _covers(self, alert: Alert, ids: np.ndarray, index: int, area: int) -> bool:
@@ -271,9 +271,7 @@ def replay_bag(
                 report.stage_ms.setdefault(stage, []).append(value)
             report.alerts += len(result.alerts)
             report.frames_with_alerts += bool(result.alerts)
-            for topic, message in messages.build_outputs(
-                typestore, msg.header, result, options.namespace
-            ).items():
+            for topic, message in messages.build_outputs(typestore, msg.header, result, options.namespace).items():
                 writer.write(topic, message, raw.timestamp_ns)
             if truth is not None:
                 try:

@@ -33,10 +33,7 @@ def markdown_summary(summary: dict[str, Any], extra: dict[str, Any] | None = Non
         lines.append(f"- last rejection: {summary['last_rejection']}")
     latency = summary["latency_ms"]
     if latency:
-        lines.append(
-            "- latency per frame (ms): "
-            + ", ".join(f"{key} {value:.1f}" for key, value in latency.items())
-        )
+        lines.append("- latency per frame (ms): " + ", ".join(f"{key} {value:.1f}" for key, value in latency.items()))
         lines.append(
             "- median per stage (ms): "
             + ", ".join(f"{key} {value:.1f}" for key, value in summary["stage_ms_p50"].items())
@@ -60,7 +57,8 @@ def markdown_summary(summary: dict[str, Any], extra: dict[str, Any] | None = Non
             "",
             "## Ground-truth obstacles",
             "",
-            "| obstacle | first seen (frame) | area then (px) | detected | delay (s) | delay (frames) | area at alert (px) |",
+            "| obstacle | first seen (frame) | area then (px) | detected | delay (s) | delay (frames) "
+            "| area at alert (px) |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for item in summary["obstacles"]:

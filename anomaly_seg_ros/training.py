@@ -72,8 +72,11 @@ class TrainConfig:
         checks = [
             (bool(self.data), "data", "a dataset folder"),
             (self.num_classes in (19, 20), "num_classes", "19 or 20"),
-            (self.input_size[0] % 8 == 0 and self.input_size[1] % 8 == 0 and min(self.input_size) > 0,
-             "input_size", "[height, width], positive multiples of 8"),
+            (
+                self.input_size[0] % 8 == 0 and self.input_size[1] % 8 == 0 and min(self.input_size) > 0,
+                "input_size",
+                "[height, width], positive multiples of 8",
+            ),
             (self.epochs >= 1, "epochs", "an integer >= 1"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
             (self.learning_rate > 0, "learning_rate", "a number > 0"),
@@ -234,7 +237,9 @@ def calibrate_scorers(model: nn.Module, loader: DataLoader, config: TrainConfig)
     return calibration
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> list[EpochResult]:
+def train(
+    config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> list[EpochResult]:
     """Train ``config.model`` with cross-entropy; write checkpoints and ``history.json`` to ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,9 +255,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda epoch: math.pow(1.0 - epoch / config.epochs, 0.9)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: math.pow(1.0 - epoch / config.epochs, 0.9))
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     history: list[EpochResult] = []
     start_epoch, best_miou = 0, -1.0
@@ -281,9 +284,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss)
+            total_loss += loss.item()
             steps += 1
-            batches.set_postfix(loss=f"{float(loss):.3f}")
+            batches.set_postfix(loss=f"{total_loss / steps:.3f}")
             if config.max_steps_per_epoch and steps >= config.max_steps_per_epoch:
                 break
         scheduler.step()
@@ -298,7 +301,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         history.append(result)
         log.info(
             "epoch %d/%d: loss %.4f, val mIoU %.4f (%.0f s)",
-            result.epoch, config.epochs, result.train_loss, result.val_miou, result.seconds,
+            result.epoch,
+            config.epochs,
+            result.train_loss,
+            result.val_miou,
+            result.seconds,
         )
         metrics = {"val_miou": result.val_miou, "train_loss": result.train_loss}
         save_checkpoint(model, out_dir / LAST_CHECKPOINT, metadata=_metadata(config, epoch + 1, metrics))

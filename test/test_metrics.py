@@ -54,14 +54,10 @@ def test_exact_metrics_match_sklearn(seed: int, ties: str) -> None:
     y, s = labels[keep], scores[keep]
     assert np.unique(s).size < s.size or ties == "continuous"
 
-    assert average_precision(scores, labels) == pytest.approx(
-        skm.average_precision_score(y, s), abs=TOL
-    )
+    assert average_precision(scores, labels) == pytest.approx(skm.average_precision_score(y, s), abs=TOL)
     assert auroc(scores, labels) == pytest.approx(skm.roc_auc_score(y, s), abs=TOL)
     for tpr in (0.95, 0.5, 1.0):
-        assert fpr_at_tpr(scores, labels, tpr) == pytest.approx(
-            _sklearn_fpr_at_tpr(y, s, tpr), abs=TOL
-        )
+        assert fpr_at_tpr(scores, labels, tpr) == pytest.approx(_sklearn_fpr_at_tpr(y, s, tpr), abs=TOL)
 
     fpr, tpr_, thresholds = roc_curve(scores, labels)
     sk_fpr, sk_tpr, sk_thr = skm.roc_curve(y, s, drop_intermediate=False)
@@ -88,15 +84,11 @@ def test_exact_metrics_match_sklearn(seed: int, ties: str) -> None:
 def test_torch_inputs_match_numpy() -> None:
     scores, labels = _random_ood(3, "round2")
     scores = scores.astype(np.float32)
-    t_scores, t_labels = torch.from_numpy(scores).view(2, 50, -1), torch.from_numpy(labels).view(
-        2, 50, -1
-    )
+    t_scores, t_labels = torch.from_numpy(scores).view(2, 50, -1), torch.from_numpy(labels).view(2, 50, -1)
     assert average_precision(t_scores, t_labels) == average_precision(scores, labels)
     assert auroc(t_scores, t_labels) == auroc(scores, labels)
     assert fpr_at_tpr(t_scores, t_labels) == fpr_at_tpr(scores, labels)
-    assert auroc(t_scores.half(), t_labels) == pytest.approx(
-        auroc(scores.astype(np.float16), labels), abs=TOL
-    )
+    assert auroc(t_scores.half(), t_labels) == pytest.approx(auroc(scores.astype(np.float16), labels), abs=TOL)
 
 
 def test_hand_worked_tiny_case() -> None:
@@ -187,10 +179,9 @@ def _gaussians(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return scores, labels
 
 
-def _fill(metrics: StreamingOODMetrics, scores: np.ndarray, labels: np.ndarray,
-          chunk: int) -> StreamingOODMetrics:
+def _fill(metrics: StreamingOODMetrics, scores: np.ndarray, labels: np.ndarray, chunk: int) -> StreamingOODMetrics:
     for start in range(0, scores.size, chunk):
-        metrics.update(scores[start:start + chunk], labels[start:start + chunk])
+        metrics.update(scores[start : start + chunk], labels[start : start + chunk])
     return metrics
 
 
@@ -200,14 +191,14 @@ def test_streaming_histogram_accuracy(score_range: tuple[float, float] | None) -
     exact = ood_summary(scores, labels)
     streaming = _fill(
         StreamingOODMetrics(num_bins=2**16, score_range=score_range, buffer_size=100_000),
-        scores, labels, chunk=250_000,
+        scores,
+        labels,
+        chunk=250_000,
     )
     got = streaming.summary()
     assert not got["exact"]
     assert got["out_of_range"] == (0, 0)
-    assert (got["num_anomaly"], got["num_in_distribution"]) == (
-        exact["num_anomaly"], exact["num_in_distribution"]
-    )
+    assert (got["num_anomaly"], got["num_in_distribution"]) == (exact["num_anomaly"], exact["num_in_distribution"])
     bounds = got["error_bounds"]
     assert abs(got["ap"] - exact["ap"]) < 1e-3
     assert abs(got["ap"] - exact["ap"]) <= bounds["ap"]
@@ -221,12 +212,9 @@ def test_streaming_histogram_accuracy(score_range: tuple[float, float] | None) -
 def test_streaming_out_of_range_is_counted_and_bounded() -> None:
     scores, labels = _gaussians(200_000, seed=1)
     exact = ood_summary(scores, labels)
-    streaming = _fill(StreamingOODMetrics(num_bins=4096, score_range=(-1.0, 1.0)),
-                      scores, labels, chunk=50_000)
+    streaming = _fill(StreamingOODMetrics(num_bins=4096, score_range=(-1.0, 1.0)), scores, labels, chunk=50_000)
     keep = labels != 255
-    assert streaming.out_of_range == (
-        int((scores[keep] < -1.0).sum()), int((scores[keep] > 1.0).sum())
-    )
+    assert streaming.out_of_range == (int((scores[keep] < -1.0).sum()), int((scores[keep] > 1.0).sum()))
     got, bounds = streaming.summary(), streaming.error_bounds()
     assert abs(got["ap"] - exact["ap"]) <= bounds["ap"]
     assert abs(got["auroc"] - exact["auroc"]) <= bounds["auroc"] + 1e-12
@@ -279,10 +267,8 @@ def test_streaming_merge_equals_single_accumulator() -> None:
 
     # Histograms over the same explicit range add up bin by bin: identical results.
     single = _fill(StreamingOODMetrics(num_bins=1024, score_range=(-6, 8)), scores, labels, 10_000)
-    a = _fill(StreamingOODMetrics(num_bins=1024, score_range=(-6, 8)), scores[:half], labels[:half],
-              10_000)
-    b = _fill(StreamingOODMetrics(num_bins=1024, score_range=(-6, 8)), scores[half:], labels[half:],
-              10_000)
+    a = _fill(StreamingOODMetrics(num_bins=1024, score_range=(-6, 8)), scores[:half], labels[:half], 10_000)
+    b = _fill(StreamingOODMetrics(num_bins=1024, score_range=(-6, 8)), scores[half:], labels[half:], 10_000)
     assert a.merge(b).summary() == single.summary()
 
     # Buffered + buffered stays exact.
@@ -295,8 +281,7 @@ def test_streaming_merge_equals_single_accumulator() -> None:
     # Buffered + histogram: the buffered pixels are binned into the other's range.
     a = StreamingOODMetrics(num_bins=1024)
     a.update(scores[:half], labels[:half])
-    b = _fill(StreamingOODMetrics(num_bins=1024, score_range=(-6, 8)), scores[half:], labels[half:],
-              10_000)
+    b = _fill(StreamingOODMetrics(num_bins=1024, score_range=(-6, 8)), scores[half:], labels[half:], 10_000)
     assert a.merge(b).summary() == single.summary()
 
 
@@ -346,8 +331,9 @@ def test_confusion_matrix_matches_sklearn(seed: int) -> None:
     rng = np.random.default_rng(seed)
     num_classes = 19
     target = rng.integers(0, num_classes, size=(2, 64, 64)).astype(np.uint8)
-    pred = np.where(rng.random(target.shape) < 0.6, target,
-                    rng.integers(0, num_classes, size=target.shape)).astype(np.int64)
+    pred = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, num_classes, size=target.shape)).astype(
+        np.int64
+    )
     target[rng.random(target.shape) < 0.1] = 255
     keep = target != 255
     want = skm.confusion_matrix(target[keep], pred[keep], labels=np.arange(num_classes))

@@ -11,28 +11,7 @@ from anomaly_seg_ros.inference.preprocess import normalize_images
 from anomaly_seg_ros.models import build_model, save_checkpoint
 from anomaly_seg_ros.perception import Perception
 
-NET = (64, 128)  # network input (h, w)
-
-
-class SceneLogits(nn.Module):
-    """A stand-in network with known outputs: road (class 0) in the lower half with a square of
-    flat logits (the anomaly) on it; sky (class 10) above. Input-independent on purpose, so
-    the test knows every score exactly: road maxlogit -10, anomaly 0."""
-
-    def __init__(self, square: tuple[int, int, int, int] = (40, 56, 56, 72)) -> None:
-        super().__init__()
-        self.square = square
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        n, _, h, w = x.shape
-        logits = torch.zeros(n, 19, h, w)
-        logits[:, 10, : h // 2] = 10.0
-        logits[:, 0, h // 2 :] = 10.0
-        top, bottom, left, right = self.square
-        logits[:, :, top:bottom, left:right] = 0.0
-        return logits
+from conftest import NET, SceneLogits
 
 
 def _perception(*overrides: str, model: nn.Module | None = None) -> Perception:

@@ -14,7 +14,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from anomaly_seg_ros.bagio import BagWriter
-from anomaly_seg_ros.data.synthetic import render_sequence
+from anomaly_seg_ros.data.synthetic import camera_intrinsics, render_sequence
 from anomaly_seg_ros.ros.conversions import array_to_image_msg, camera_info_msg, make_header
 from anomaly_seg_ros.ros.typestore import get_typestore
 
@@ -48,7 +48,7 @@ def write_sequence_bag(
     """Render a driving sequence and record it; returns the bag folder."""
     typestore = get_typestore()
     period_ns = round(1e9 / fps)
-    focal = width * 0.8  # must match the generator's pinhole camera
+    camera = camera_intrinsics(seed, height=height, width=width)
     with BagWriter(path, storage=storage, typestore=typestore) as writer:
         writer.add_topic(topics.image, IMAGE)
         writer.add_topic(topics.camera_info, CAMERA_INFO)
@@ -62,8 +62,10 @@ def write_sequence_bag(
             writer.write(topics.image, array_to_image_msg(typestore, frame.scene.image, header, "rgb8"), stamp)
             writer.write(
                 topics.camera_info,
-                camera_info_msg(typestore, header, width, height, focal, focal, (width - 1) / 2, (height - 1) / 2),
+                camera_info_msg(typestore, header, width, height, camera.fx, camera.fy, camera.cx, camera.cy),
                 stamp,
             )
-            writer.write(topics.ground_truth, array_to_image_msg(typestore, frame.scene.anomaly, header, "mono8"), stamp)
+            writer.write(
+                topics.ground_truth, array_to_image_msg(typestore, frame.scene.anomaly, header, "mono8"), stamp
+            )
     return Path(path)

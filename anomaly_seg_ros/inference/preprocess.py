@@ -16,9 +16,7 @@ import torch.nn.functional as F
 def frame_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """HxWx3 uint8 RGB (numpy) -> (1, 3, H, W) uint8 tensor on ``device``, one copy."""
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(
-            f"frame must be an HxWx3 uint8 RGB array, got shape {frame.shape} and dtype {frame.dtype}"
-        )
+        raise ValueError(f"frame must be an HxWx3 uint8 RGB array, got shape {frame.shape} and dtype {frame.dtype}")
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise ValueError(f"frame must not be empty, got shape {frame.shape}")
     tensor = torch.from_numpy(np.ascontiguousarray(frame))

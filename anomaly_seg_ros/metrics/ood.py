@@ -63,9 +63,7 @@ def valid_pixels(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.n
     scores = _to_numpy(scores)
     labels = _to_numpy(labels)
     if scores.shape != labels.shape:
-        raise ValueError(
-            f"scores and labels must have the same shape, got {scores.shape} and {labels.shape}"
-        )
+        raise ValueError(f"scores and labels must have the same shape, got {scores.shape} and {labels.shape}")
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
         raise TypeError(f"labels must be integers 0/1/{IGNORE_INDEX}, got dtype {labels.dtype}")
     real = np.issubdtype(scores.dtype, np.integer) or np.issubdtype(scores.dtype, np.floating)
@@ -232,9 +230,7 @@ def roc_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndar
     return _curve(scores, labels).roc()
 
 
-def precision_recall_curve(
-    scores: ArrayLike, labels: ArrayLike
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def precision_recall_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(precision, recall, thresholds)`` at every distinct score, increasing thresholds, plus
     the final (precision 1, recall 0) point: sklearn's ``precision_recall_curve``."""
     return _curve(scores, labels).pr()
@@ -411,9 +407,7 @@ class StreamingOODMetrics:
         lower_edges = lo + np.arange(self.num_bins, dtype=np.float64) * ((hi - lo) / self.num_bins)
         if self._out_of_range[0]:
             lower_edges[0] = -np.inf  # the bottom bin also holds everything below lo
-        return _Curve(
-            tps=cumulative[:, 1], fps=cumulative[:, 0], thresholds=lower_edges[::-1][occupied]
-        )
+        return _Curve(tps=cumulative[:, 1], fps=cumulative[:, 0], thresholds=lower_edges[::-1][occupied])
 
     def average_precision(self) -> float:
         """Pooled AP; exact while buffering, else within ``error_bounds()['ap']``."""

@@ -45,12 +45,9 @@ class ConfusionMatrix:
         else:
             self.matrix += self._count_numpy(np.asarray(pred), np.asarray(target))
 
-    def _check(self, pred_shape: tuple[int, ...], target_shape: tuple[int, ...],
-               integer: bool) -> None:
+    def _check(self, pred_shape: tuple[int, ...], target_shape: tuple[int, ...], integer: bool) -> None:
         if pred_shape != target_shape:
-            raise ValueError(
-                f"pred and target must have the same shape, got {pred_shape} and {target_shape}"
-            )
+            raise ValueError(f"pred and target must have the same shape, got {pred_shape} and {target_shape}")
         if not integer:
             raise TypeError("pred and target must be integer class maps")
 
@@ -74,9 +71,7 @@ class ConfusionMatrix:
         return counts.reshape(self.num_classes, self.num_classes)
 
     def _count_torch(self, pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
-        integer = not any(
-            t.is_floating_point() or t.is_complex() or t.dtype == torch.bool for t in (pred, target)
-        )
+        integer = not any(t.is_floating_point() or t.is_complex() or t.dtype == torch.bool for t in (pred, target))
         self._check(tuple(pred.shape), tuple(target.shape), integer)
         keep = target != self.ignore_index
         target = target[keep].long()

@@ -108,9 +108,7 @@ def _checkpoint_metadata(model: nn.Module, metadata: Mapping[str, Any]) -> dict[
         except ValueError as exc:
             raise ConfigError(f"metadata['class_names'] is required: {exc}") from None
     if len(meta["class_names"]) != num_classes:
-        raise ConfigError(
-            f"metadata['class_names'] has {len(meta['class_names'])} names for {num_classes} classes"
-        )
+        raise ConfigError(f"metadata['class_names'] has {len(meta['class_names'])} names for {num_classes} classes")
     return meta
 
 
@@ -187,7 +185,7 @@ def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     """Drop the ``module.`` prefix ``nn.DataParallel`` puts on every key, if all keys have it."""
     prefix = "module."
     if state and all(key.startswith(prefix) for key in state):
-        return {key[len(prefix):]: value for key, value in state.items()}
+        return {key[len(prefix) :]: value for key, value in state.items()}
     return dict(state)
 
 
@@ -225,9 +223,7 @@ def _read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if state and all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()):
             return dict(state)
     found = sorted(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
-    raise CheckpointError(
-        f"{path}: expected {expected} (raw, or under one of {list(STATE_DICT_KEYS)}), found {found}"
-    )
+    raise CheckpointError(f"{path}: expected {expected} (raw, or under one of {list(STATE_DICT_KEYS)}), found {found}")
 
 
 def _reason(exc: Exception) -> str:

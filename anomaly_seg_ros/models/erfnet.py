@@ -72,9 +72,7 @@ class UpsamplerBlock(nn.Module):
 
     def __init__(self, ninput: int, noutput: int) -> None:
         super().__init__()
-        self.conv = nn.ConvTranspose2d(
-            ninput, noutput, 3, stride=2, padding=1, output_padding=1, bias=True
-        )
+        self.conv = nn.ConvTranspose2d(ninput, noutput, 3, stride=2, padding=1, output_padding=1, bias=True)
         self.bn = nn.BatchNorm2d(noutput, eps=_BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,9 +118,7 @@ class Decoder(nn.Module):
                 NonBottleneck1d(16, 0, 1),
             ]
         )
-        self.output_conv = nn.ConvTranspose2d(
-            16, num_classes, 2, stride=2, padding=0, output_padding=0, bias=True
-        )
+        self.output_conv = nn.ConvTranspose2d(16, num_classes, 2, stride=2, padding=0, output_padding=0, bias=True)
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the 16-channel, 1/2-resolution input of ``output_conv``."""
@@ -157,8 +153,7 @@ class ERFNet(nn.Module):
         height, width = x.shape[-2:]
         if height % OUTPUT_STRIDE or width % OUTPUT_STRIDE:
             raise ValueError(
-                f"ERFNet input height and width must be divisible by {OUTPUT_STRIDE}, "
-                f"got {height}x{width}"
+                f"ERFNet input height and width must be divisible by {OUTPUT_STRIDE}, got {height}x{width}"
             )
         return self.decoder.forward_with_features(self.encoder(x))
 
@@ -166,9 +161,7 @@ class ERFNet(nn.Module):
         return self.forward_with_features(x)[0]
 
 
-@register_model(
-    "erfnet", num_classes=20, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=(512, 1024)
-)
+@register_model("erfnet", num_classes=20, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=(512, 1024))
 def erfnet(*, num_classes: int) -> ERFNet:
     """ERFNet at the authors' Cityscapes setting: 512x1024 input, RGB in 0..1, no mean/std."""
     return ERFNet(num_classes)

@@ -69,9 +69,7 @@ def _entry(name: str) -> _Entry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown model {name!r}; available models: {', '.join(available_models())}"
-        ) from None
+        raise ConfigError(f"unknown model {name!r}; available models: {', '.join(available_models())}") from None
 
 
 def model_defaults(name: str) -> dict[str, Any]:

@@ -33,9 +33,7 @@ OUTPUT_TYPES = {
 
 def output_topics(namespace: str) -> dict[str, str]:
     """Full topic name -> message type of every output, under the node's namespace."""
-    return {
-        f"{namespace.rstrip('/')}/{name}": kind for name, kind in OUTPUT_TYPES.items()
-    }
+    return {f"{namespace.rstrip('/')}/{name}": kind for name, kind in OUTPUT_TYPES.items()}
 
 
 def alert_msg(typestore: Any, alert: Alert) -> Any:
@@ -44,9 +42,7 @@ def alert_msg(typestore: Any, alert: Alert) -> Any:
     x, y, w, h = alert.component.bbox
     return types[OBSTACLE_ALERT](
         track_id=alert.track_id,
-        roi=types["sensor_msgs/msg/RegionOfInterest"](
-            x_offset=x, y_offset=y, height=h, width=w, do_rectify=False
-        ),
+        roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=x, y_offset=y, height=h, width=w, do_rectify=False),
         area_px=alert.component.area_px,
         max_score=alert.component.max_score,
         mean_score=alert.component.mean_score,
@@ -67,26 +63,16 @@ def alert_array_msg(typestore: Any, header: Any, result: PerceptionResult) -> An
     )
 
 
-def build_outputs(
-    typestore: Any, header: Any, result: PerceptionResult, namespace: str
-) -> dict[str, Any]:
+def build_outputs(typestore: Any, header: Any, result: PerceptionResult, namespace: str) -> dict[str, Any]:
     """Every output message of one frame, stamped with the input image's header."""
     prefix = namespace.rstrip("/")
     outputs = {
-        f"{prefix}/{SEMANTIC_MASK}": array_to_image_msg(
-            typestore, result.labels, header, "mono8"
-        ),
-        f"{prefix}/{ANOMALY_HEATMAP}": array_to_image_msg(
-            typestore, result.anomaly, header, "32FC1"
-        ),
+        f"{prefix}/{SEMANTIC_MASK}": array_to_image_msg(typestore, result.labels, header, "mono8"),
+        f"{prefix}/{ANOMALY_HEATMAP}": array_to_image_msg(typestore, result.anomaly, header, "32FC1"),
         f"{prefix}/{OBSTACLE_ALERTS}": alert_array_msg(typestore, header, result),
     }
     if result.color is not None:
-        outputs[f"{prefix}/{SEMANTIC_COLOR}"] = array_to_image_msg(
-            typestore, result.color, header, "rgb8"
-        )
+        outputs[f"{prefix}/{SEMANTIC_COLOR}"] = array_to_image_msg(typestore, result.color, header, "rgb8")
     if result.overlay is not None:
-        outputs[f"{prefix}/{ANOMALY_OVERLAY}"] = array_to_image_msg(
-            typestore, result.overlay, header, "rgb8"
-        )
+        outputs[f"{prefix}/{ANOMALY_OVERLAY}"] = array_to_image_msg(typestore, result.overlay, header, "rgb8")
     return outputs

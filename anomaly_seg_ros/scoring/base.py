@@ -27,9 +27,7 @@ class Scorer:
 
     def __init__(self, **params: Any) -> None:
         if params:
-            raise ConfigError(
-                f"scorer {self.name!r} takes no parameters, got {sorted(params)}"
-            )
+            raise ConfigError(f"scorer {self.name!r} takes no parameters, got {sorted(params)}")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -55,9 +53,7 @@ class TemperatureScorer(Scorer):
     def __init__(self, temperature: float = 1.0) -> None:
         temperature = float(temperature)
         if not temperature > 0.0:
-            raise ConfigError(
-                f"scorer {self.name!r}: temperature must be > 0, got {temperature}"
-            )
+            raise ConfigError(f"scorer {self.name!r}: temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
     @property
@@ -70,9 +66,7 @@ def check_logits(logits: torch.Tensor) -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor of shape (N, C, H, W), got {type(logits).__name__}")
     if logits.ndim != 4 or logits.shape[1] < 2:
-        raise ValueError(
-            f"logits must have shape (N, C, H, W) with C >= 2 classes, got {tuple(logits.shape)}"
-        )
+        raise ValueError(f"logits must have shape (N, C, H, W) with C >= 2 classes, got {tuple(logits.shape)}")
     if not logits.is_floating_point():
         raise ValueError(f"logits must be floating point, got {logits.dtype}")
 
@@ -94,9 +88,7 @@ def get_scorer(name: str, **params: Any) -> Scorer:
     try:
         cls = _REGISTRY[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown scorer {name!r}; available: {', '.join(available_scorers())}"
-        ) from None
+        raise ConfigError(f"unknown scorer {name!r}; available: {', '.join(available_scorers())}") from None
     try:
         return cls(**params)
     except TypeError as error:

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--weights", help="checkpoint (sets model.weights)")
     parser.add_argument("--config", help="perception YAML (see config/perception.yaml)")
     parser.add_argument("--topic", help="camera topic (found by itself when the bag has one image topic)")
-    parser.add_argument("--gt-topic", help=f"ground-truth mask topic (default: a topic named */anomaly_gt)")
+    parser.add_argument("--gt-topic", help="ground-truth mask topic (default: a topic named */anomaly_gt)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output bag storage")
     parser.add_argument("--report", help="report folder (default: OUT_report)")
     parser.add_argument(

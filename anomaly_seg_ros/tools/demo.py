@@ -63,9 +63,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = Path(args.out)
     progress = not args.no_progress
-    train_config = load_train_config(
-        _config_file(args.train_config, "train_synthetic.yaml"), {"epochs": args.epochs}
-    )
+    train_config = load_train_config(_config_file(args.train_config, "train_synthetic.yaml"), {"epochs": args.epochs})
     data_dir = out / "data"
     bag_dir, replay_dir, report_dir = out / "bags" / "drive_mcap", out / "bags" / "drive_replayed", out / "report"
     for existing in (bag_dir, replay_dir):
@@ -93,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     timings["train"] = time.perf_counter() - step
 
     step = time.perf_counter()
-    write_sequence_bag(bag_dir, seed=7, num_frames=args.frames, height=512, width=1024, storage="mcap", progress=progress)
+    write_sequence_bag(
+        bag_dir, seed=7, num_frames=args.frames, height=512, width=1024, storage="mcap", progress=progress
+    )
     timings["record synthetic bag"] = time.perf_counter() - step
     print(f"[3/5] synthetic driving bag: {bag_dir}")
 
@@ -146,8 +146,7 @@ def _write_scorer_table(folder: Path, table: dict[str, dict], curves: dict) -> N
     ]
     for name, metrics in table.items():
         lines.append(
-            f"| {name} | {100 * metrics['ap']:.2f} | {100 * metrics['fpr_at_tpr']:.2f} "
-            f"| {100 * metrics['auroc']:.2f} |"
+            f"| {name} | {100 * metrics['ap']:.2f} | {100 * metrics['fpr_at_tpr']:.2f} | {100 * metrics['auroc']:.2f} |"
         )
     (folder / "scorers.md").write_text("\n".join(lines) + "\n")
     (folder / "scorers.json").write_text(json.dumps(table, indent=2, default=_json_default) + "\n")

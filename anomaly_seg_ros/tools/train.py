@@ -25,9 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_train_config(
-        args.config, {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size}
-    )
+    config = load_train_config(args.config, {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size})
     history = train(config, args.out, resume=args.resume, progress=not args.no_progress)
     best = max(history, key=lambda item: item.val_miou)
     print(f"best validation mIoU {best.val_miou:.4f} at epoch {best.epoch}; checkpoint {args.out}/{BEST_CHECKPOINT}")

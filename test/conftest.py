@@ -1,0 +1,31 @@
+"""Shared test doubles.
+
+``SceneLogits`` stands in for the segmentation network where a test must know every output
+exactly; it replaces the model only, never ROS or a backend.
+"""
+
+import torch
+from torch import nn
+
+NET = (64, 128)  # network input (h, w) used with SceneLogits
+
+
+class SceneLogits(nn.Module):
+    """A stand-in network with known outputs: road (class 0) in the lower half with a square of
+    flat logits (the anomaly) on it; sky (class 10) above. Input-independent on purpose, so
+    the test knows every score exactly: road maxlogit -10, anomaly 0."""
+
+    def __init__(self, square: tuple[int, int, int, int] = (40, 56, 56, 72)) -> None:
+        super().__init__()
+        self.square = square
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        n, _, h, w = x.shape
+        logits = torch.zeros(n, 19, h, w)
+        logits[:, 10, : h // 2] = 10.0
+        logits[:, 0, h // 2 :] = 10.0
+        top, bottom, left, right = self.square
+        logits[:, :, top:bottom, left:right] = 0.0
+        return logits

@@ -1,0 +1,149 @@
+"""Bag replay: a hand-built rosbag2 through the pipeline into an output bag, read back with rosbags."""
+
+import numpy as np
+import pytest
+
+from anomaly_seg_ros.bagio import BagWriter, iter_messages, list_topics
+from anomaly_seg_ros.config import load_config
+from anomaly_seg_ros.errors import BagError
+from anomaly_seg_ros.perception import Perception
+from anomaly_seg_ros.replay import ReplayOptions, find_topics, replay_bag
+from anomaly_seg_ros.ros.conversions import array_to_image_msg, make_header, rgb_to_compressed_msg, stamp_to_ns
+from anomaly_seg_ros.ros.typestore import get_typestore
+
+from conftest import NET, SceneLogits
+
+HEIGHT, WIDTH = 128, 256  # 2x the network input
+START = 1_700_000_000 * 10**9
+PERIOD = 100_000_000  # 10 Hz
+FRAMES = 6
+BAD_FRAME = 3  # its data is truncated: size/step mismatch
+OUTPUTS = {
+    "/anomaly_seg_node/semantic_mask": "sensor_msgs/msg/Image",
+    "/anomaly_seg_node/semantic_color": "sensor_msgs/msg/Image",
+    "/anomaly_seg_node/anomaly_heatmap": "sensor_msgs/msg/Image",
+    "/anomaly_seg_node/anomaly_overlay": "sensor_msgs/msg/Image",
+    "/anomaly_seg_node/obstacle_alerts": "anomaly_seg_msgs/msg/ObstacleAlertArray",
+}
+
+
+def _truth() -> np.ndarray:
+    # SceneLogits' anomalous square, in frame pixels: rows 80..112, cols 112..144
+    mask = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    mask[80:112, 112:144] = 1
+    mask[-4:] = 255  # ego hood: ignored
+    return mask
+
+
+def _write_bag(path, *, storage="mcap", compressed=False):
+    typestore = get_typestore()
+    rng = np.random.default_rng(0)
+    with BagWriter(path, storage=storage, typestore=typestore) as writer:
+        camera = "/cam/image_raw/compressed" if compressed else "/cam/image_raw"
+        writer.add_topic(camera, "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image")
+        writer.add_topic("/cam/anomaly_gt", "sensor_msgs/msg/Image")
+        for index in range(FRAMES):
+            stamp = START + index * PERIOD
+            header = make_header(typestore, stamp, "cam_optical")
+            frame = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+            if compressed:
+                msg = rgb_to_compressed_msg(typestore, frame, header, format="png")
+                if index == BAD_FRAME:
+                    msg.data = msg.data[:20]
+            else:
+                msg = array_to_image_msg(typestore, frame, header, "rgb8")
+                if index == BAD_FRAME:
+                    msg.data = msg.data[: len(msg.data) // 2]
+            writer.write(camera, msg, stamp)
+            writer.write("/cam/anomaly_gt", array_to_image_msg(typestore, _truth(), header, "mono8"), stamp)
+    return path
+
+
+def _perception() -> Perception:
+    config = load_config(
+        None,
+        [
+            f"model.input_size=[{NET[0]}, {NET[1]}]",
+            "alerts.threshold=-5.0",
+            "alerts.min_area_px=10",
+            "alerts.persistence_k=2",
+            "alerts.persistence_n=3",
+        ],
+    )
+    return Perception(SceneLogits(), config)
+
+
+@pytest.mark.parametrize("storage, compressed", [("mcap", False), ("sqlite3", True)])
+def test_round_trip_topics_types_counts_and_stamps(tmp_path, storage, compressed):
+    source = _write_bag(tmp_path / "in", storage=storage, compressed=compressed)
+    report = replay_bag(source, tmp_path / "out", _perception(), ReplayOptions(storage=storage))
+
+    topics = list_topics(tmp_path / "out")
+    good = FRAMES - 1
+    for topic, kind in OUTPUTS.items():
+        assert topics[topic] == (kind, good), topic
+    camera = "/cam/image_raw/compressed" if compressed else "/cam/image_raw"
+    assert topics[camera][1] == FRAMES and topics["/cam/anomaly_gt"][1] == FRAMES  # inputs copied
+
+    expected_stamps = [START + i * PERIOD for i in range(FRAMES) if i != BAD_FRAME]
+    stamps = {topic: [] for topic in OUTPUTS}
+    masks = []
+    alerts = []
+    for message in iter_messages(tmp_path / "out", topics=list(OUTPUTS)):
+        stamps[message.topic].append((message.timestamp_ns, stamp_to_ns(message.msg.header)))
+        assert message.msg.header.frame_id == "cam_optical"
+        if message.topic.endswith("semantic_mask"):
+            assert message.msg.encoding == "mono8"
+            masks.append(message.msg)
+        elif message.topic.endswith("anomaly_heatmap"):
+            assert message.msg.encoding == "32FC1" and message.msg.step == WIDTH * 4
+        elif message.topic.endswith("obstacle_alerts"):
+            alerts.append(message.msg)
+    for topic, pairs in stamps.items():
+        assert [log for log, _ in pairs] == expected_stamps, topic
+        assert [header for _, header in pairs] == expected_stamps, topic
+    assert (masks[0].height, masks[0].width) == (HEIGHT, WIDTH)
+
+    # persistence 2-of-3: the first frame raises nothing, the later ones one alert with one track id
+    counts = [len(msg.alerts) for msg in alerts]
+    assert counts[0] == 0 and all(count == 1 for count in counts[1:])
+    assert len({msg.alerts[0].track_id for msg in alerts[1:]}) == 1
+    roi = alerts[1].alerts[0].roi
+    assert (roi.x_offset, roi.y_offset) == pytest.approx((112, 80), abs=2)
+    assert alerts[1].scorer == "maxlogit" and alerts[1].threshold == pytest.approx(-5.0)
+
+    assert report.frames == FRAMES and report.processed == good
+    assert report.rejected == {"decode" if compressed else "size": 1}
+    assert report.last_rejection
+    summary = report.summary()
+    assert summary["gt_frames"] == good
+    # the square scores 0, everything else -10: a perfect separation of the ground truth
+    assert summary["pixel_metrics"]["ap"] == pytest.approx(1.0)
+    assert summary["pixel_metrics"]["fpr_at_tpr"] == pytest.approx(0.0)
+    [obstacle] = summary["obstacles"]
+    assert obstacle["first_seen_frame"] == 0 and obstacle["detected"]
+    assert obstacle["delay_frames"] == 1 and obstacle["delay_s"] == pytest.approx(0.1)
+
+
+def test_topic_discovery(tmp_path):
+    source = _write_bag(tmp_path / "in")
+    assert find_topics(source, ReplayOptions()) == ("/cam/image_raw", "sensor_msgs/msg/Image", "/cam/anomaly_gt")
+    with pytest.raises(BagError, match="'/nope' is not in"):
+        find_topics(source, ReplayOptions(topic="/nope"))
+    two_cameras = tmp_path / "two"
+    typestore = get_typestore()
+    with BagWriter(two_cameras, typestore=typestore) as writer:
+        for topic in ("/left/image_raw", "/right/image_raw"):
+            writer.add_topic(topic, "sensor_msgs/msg/Image")
+            image = np.zeros((8, 8, 3), dtype=np.uint8)
+            writer.write(topic, array_to_image_msg(typestore, image, make_header(typestore, START, "c"), "rgb8"), START)
+    with pytest.raises(BagError, match="2 image topics.*--topic"):
+        find_topics(two_cameras, ReplayOptions())
+    assert find_topics(two_cameras, ReplayOptions(topic="/right/image_raw"))[0] == "/right/image_raw"
+
+
+def test_existing_output_is_refused(tmp_path):
+    source = _write_bag(tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BagError):
+        replay_bag(source, tmp_path / "out", _perception())
