@@ -1,4 +1,8 @@
-"""Scorer evaluation on an anomaly dataset: one forward pass per image, shared by all scorers."""
+"""Evaluation through the perception core: segmentation mIoU and scorer metrics.
+
+Images go through ``Perception.infer``, the exact preprocessing of deployment; outputs are
+compared with the ground truth at the ground truth's resolution.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ from collections.abc import Sequence
 import torch
 from tqdm import tqdm
 
-from anomaly_seg_ros.data.datasets import AnomalyDataset
-from anomaly_seg_ros.inference.preprocess import resize_scores
-from anomaly_seg_ros.metrics import StreamingOODMetrics
+from anomaly_seg_ros.data.datasets import AnomalyDataset, CityscapesDataset
+from anomaly_seg_ros.inference.preprocess import resize_labels, resize_scores
+from anomaly_seg_ros.labels import IGNORE_INDEX
+from anomaly_seg_ros.metrics import ConfusionMatrix, StreamingOODMetrics
 from anomaly_seg_ros.perception import Perception
 from anomaly_seg_ros.scoring import get_scorer
 
@@ -36,3 +41,21 @@ def evaluate_scorers(
                 scores = resize_scores(scorer(logits).float(), image.shape[:2])[0].cpu().numpy()
                 results[name].update(scores, truth)
     return results
+
+
+def evaluate_segmentation(
+    perception: Perception, dataset: CityscapesDataset, *, progress: bool = False
+) -> ConfusionMatrix:
+    """Confusion matrix (ignore 255) of the model's arg-max labels over ``dataset``."""
+    confusion: ConfusionMatrix | None = None
+    for index in tqdm(range(len(dataset)), desc="segmentation", unit="image", disable=not progress):
+        image, truth = dataset[index]
+        logits, _ = perception.infer(image)
+        if confusion is None:
+            confusion = ConfusionMatrix(logits.shape[1], ignore_index=IGNORE_INDEX)
+        with torch.inference_mode():
+            labels = resize_labels(logits.argmax(dim=1), image.shape[:2])[0].cpu().numpy()
+        confusion.update(labels, truth)
+    if confusion is None:
+        raise ValueError("evaluate_segmentation needs a non-empty dataset")
+    return confusion

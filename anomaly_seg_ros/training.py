@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from anomaly_seg_ros.config import _build
+from anomaly_seg_ros.config import _build, _to_plain
 from anomaly_seg_ros.data.datasets import CityscapesDataset
 from anomaly_seg_ros.errors import CheckpointError, ConfigError
 from anomaly_seg_ros.inference.preprocess import normalize_images
@@ -172,16 +172,8 @@ def _metadata(config: TrainConfig, epoch: int, metrics: Mapping[str, Any]) -> di
         "temperature": 1.0,
         "epoch": epoch,
         "metrics": dict(metrics),
-        "training": _plain(dataclasses.asdict(config)),
+        "training": _to_plain(dataclasses.asdict(config)),
     }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
 
 
 @torch.inference_mode()

@@ -7,6 +7,9 @@ exactly; it replaces the model only, never ROS or a backend.
 import torch
 from torch import nn
 
+from anomaly_seg_ros.config import load_config
+from anomaly_seg_ros.perception import Perception
+
 NET = (64, 128)  # network input (h, w) used with SceneLogits
 
 
@@ -29,3 +32,19 @@ class SceneLogits(nn.Module):
         top, bottom, left, right = self.square
         logits[:, :, top:bottom, left:right] = 0.0
         return logits
+
+
+def scene_perception(*overrides: str, model: nn.Module | None = None) -> Perception:
+    """A Perception around SceneLogits: threshold -5 between road (-10) and anomaly (0), 2-of-3 persistence."""
+    config = load_config(
+        None,
+        [
+            f"model.input_size=[{NET[0]}, {NET[1]}]",
+            "alerts.threshold=-5.0",
+            "alerts.min_area_px=10",
+            "alerts.persistence_k=2",
+            "alerts.persistence_n=3",
+            *overrides,
+        ],
+    )
+    return Perception(model or SceneLogits(), config)

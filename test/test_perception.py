@@ -11,22 +11,7 @@ from anomaly_seg_ros.inference.preprocess import normalize_images
 from anomaly_seg_ros.models import build_model, save_checkpoint
 from anomaly_seg_ros.perception import Perception
 
-from conftest import NET, SceneLogits
-
-
-def _perception(*overrides: str, model: nn.Module | None = None) -> Perception:
-    config = load_config(
-        None,
-        [
-            f"model.input_size=[{NET[0]}, {NET[1]}]",
-            "alerts.threshold=-5.0",
-            "alerts.min_area_px=10",
-            "alerts.persistence_k=2",
-            "alerts.persistence_n=3",
-            *overrides,
-        ],
-    )
-    return Perception(model or SceneLogits(), config)
+from conftest import scene_perception as _perception
 
 
 def _frame(height: int = 96, width: int = 256) -> np.ndarray:

@@ -4,14 +4,12 @@ import numpy as np
 import pytest
 
 from anomaly_seg_ros.bagio import BagWriter, iter_messages, list_topics
-from anomaly_seg_ros.config import load_config
 from anomaly_seg_ros.errors import BagError
-from anomaly_seg_ros.perception import Perception
 from anomaly_seg_ros.replay import ReplayOptions, find_topics, replay_bag
 from anomaly_seg_ros.ros.conversions import array_to_image_msg, make_header, rgb_to_compressed_msg, stamp_to_ns
 from anomaly_seg_ros.ros.typestore import get_typestore
 
-from conftest import NET, SceneLogits
+from conftest import scene_perception as _perception
 
 HEIGHT, WIDTH = 128, 256  # 2x the network input
 START = 1_700_000_000 * 10**9
@@ -57,20 +55,6 @@ def _write_bag(path, *, storage="mcap", compressed=False):
             writer.write(camera, msg, stamp)
             writer.write("/cam/anomaly_gt", array_to_image_msg(typestore, _truth(), header, "mono8"), stamp)
     return path
-
-
-def _perception() -> Perception:
-    config = load_config(
-        None,
-        [
-            f"model.input_size=[{NET[0]}, {NET[1]}]",
-            "alerts.threshold=-5.0",
-            "alerts.min_area_px=10",
-            "alerts.persistence_k=2",
-            "alerts.persistence_n=3",
-        ],
-    )
-    return Perception(SceneLogits(), config)
 
 
 @pytest.mark.parametrize("storage, compressed", [("mcap", False), ("sqlite3", True)])

@@ -3,9 +3,9 @@
 OUT gets ``cityscapes/`` (Cityscapes layout, train and val splits) and ``anomaly/``
 (Fishyscapes / Road Anomaly layout), readable with
 :class:`anomaly_seg_ros.data.datasets.CityscapesDataset` and
-:class:`~anomaly_seg_ros.data.datasets.AnomalyDataset`. Each output is one step of
-:func:`run`; further outputs (such as a rosbag of a driving sequence) add their options
-in :func:`add_parser` and a step of their own.
+:class:`~anomaly_seg_ros.data.datasets.AnomalyDataset`. With ``--bag-frames N`` it also
+records a driving sequence as rosbag2 (``OUT/bags/drive_mcap`` and/or ``drive_sqlite3``):
+camera image, CameraInfo and the anomaly ground truth, anomalies approaching from afar.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from anomaly_seg_ros.data.layout import generate_datasets
+from anomaly_seg_ros.data.synthetic_bag import write_sequence_bag
 
 
 def _count(text: str) -> int:
@@ -44,6 +45,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--height", type=_size, default=512, help="image height (default: %(default)s)")
     parser.add_argument("--width", type=_size, default=1024, help="image width (default: %(default)s)")
     parser.add_argument("--seed", type=_count, default=0, help="dataset seed (default: %(default)s)")
+    bag = parser.add_argument_group("driving sequence as rosbag2")
+    bag.add_argument(
+        "--bag-frames", type=_count, default=0, help="frames of a driving bag, 0 = none (default: %(default)s)"
+    )
+    bag.add_argument(
+        "--bag-storage",
+        choices=("mcap", "sqlite3", "both"),
+        default="mcap",
+        help="bag storage: OUT/bags/drive_mcap, OUT/bags/drive_sqlite3 or both (default: %(default)s)",
+    )
+    bag.add_argument("--bag-fps", type=float, default=10.0, help="frame rate of the sequence (default: %(default)s)")
+    bag.add_argument("--bag-anomalies", type=_count, default=2, help="anomalies along the road (default: %(default)s)")
     parser.set_defaults(run=run)
     return parser
 
@@ -60,4 +73,18 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"cityscapes layout: {written['cityscapes_root']} (train {written['train']}, val {written['val']})")
     print(f"anomaly layout:    {written['anomaly_root']} ({written['anomaly']} scenes)")
+    if args.bag_frames:
+        storages = ("mcap", "sqlite3") if args.bag_storage == "both" else (args.bag_storage,)
+        for storage in storages:
+            path = write_sequence_bag(
+                args.out / "bags" / f"drive_{storage}",
+                seed=args.seed,
+                num_frames=args.bag_frames,
+                height=args.height,
+                width=args.width,
+                num_anomalies=args.bag_anomalies,
+                fps=args.bag_fps,
+                storage=storage,
+            )
+            print(f"driving bag:       {path} ({args.bag_frames} frames at {args.bag_fps:g} Hz, {storage})")
     return 0
