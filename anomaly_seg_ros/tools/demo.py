@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     bag_curve = {f"{perception.scorer.name} (bag replay)": report.pr_curve} if report.pr_curve else None
     write_report(report_dir, summary, pr_curves=bag_curve, extra=extra)
     _write_evaluation(report_dir, confusion, per_scorer)
-    print(markdown_summary(summary, extra), end="")
+    print(markdown_summary(summary, extra))
     print((report_dir / "evaluation.md").read_text(), end="")
     print(f"[5/5] report in {report_dir}")
     return 0
@@ -184,4 +184,5 @@ def _write_evaluation(folder: Path, confusion, per_scorer: dict) -> None:
         "scorers": table,
     }
     (folder / "evaluation.json").write_text(json.dumps(document, indent=2) + "\n")
-    plot_pr_curve(folder / "pr_curve_scorers.png", {name: m.pr_curve() for name, m in per_scorer.items()}, ratio)
+    curves = {f"{name} (AuPRC {100 * table[name]['ap']:.1f} %)": m.pr_curve() for name, m in per_scorer.items()}
+    plot_pr_curve(folder / "pr_curve_scorers.png", curves, ratio)
