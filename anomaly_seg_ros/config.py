@@ -25,14 +25,18 @@ from anomaly_seg_ros.errors import ConfigError
 class ModelConfig:
     """Which network runs, from which weights, on what input size and device."""
 
+    #: Registered network name (see ``anomaly_seg_ros.models.available_models``).
     name: str = "erfnet"
+    #: Output classes: 19 Cityscapes trainIds, or 20 with a void class; checkpoints record theirs.
     num_classes: int = 20
     #: Checkpoint path (our safetensors or an official .pth). Required to run on real data.
     weights: str | None = None
     #: Network input (height, width); frames of any size are resized to it. Null: the
     #: checkpoint's recorded input size.
     input_size: tuple[int, int] | None = None
+    #: Torch device: cpu, cuda or cuda:N.
     device: str = "cpu"
+    #: Inference backend: eager PyTorch, or torch.compile.
     backend: Literal["eager", "compile"] = "eager"
 
     def validate(self, prefix: str) -> None:
@@ -59,7 +63,9 @@ class ModelConfig:
 class ScorerConfig:
     """The anomaly scorer and its parameters (see ``anomaly_seg_ros.scoring``)."""
 
+    #: Scorer name: msp, maxlogit, maxentropy or energy.
     name: str = "maxlogit"
+    #: Scorer keyword parameters, e.g. {temperature: 1.5}.
     params: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, prefix: str) -> None:
@@ -88,6 +94,7 @@ class AlertConfig:
     min_area_px: int = 100
     #: An alert is raised once its track was seen in k of the last n frames.
     persistence_k: int = 3
+    #: Window length n of the k-of-n persistence rule, in frames.
     persistence_n: int = 5
     #: Bounding-box IoU above which a component continues an existing track.
     track_iou: float = 0.1
@@ -135,7 +142,9 @@ class RenderConfig:
     #: Heatmap colour scale (low, high) in score units; null = the scorer's default range,
     #: else the threshold +- a margin.
     heatmap_range: tuple[float, float] | None = None
+    #: Weight of the heatmap in the overlay view (0 = camera only, 1 = heatmap only).
     overlay_alpha: float = 0.5
+    #: Draw alert boxes and track ids on the overlay view.
     draw_alerts: bool = True
 
     def validate(self, prefix: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from anomaly_seg_ros.alerts import Alert
+from anomaly_seg_ros.ground import GroundModel
 from anomaly_seg_ros.perception import PerceptionResult
 from anomaly_seg_ros.ros.conversions import array_to_image_msg
 from anomaly_seg_ros.ros.typestore import OBSTACLE_ALERT, OBSTACLE_ALERT_ARRAY
@@ -36,10 +37,21 @@ def output_topics(namespace: str) -> dict[str, str]:
     return {f"{namespace.rstrip('/')}/{name}": kind for name, kind in OUTPUT_TYPES.items()}
 
 
-def alert_msg(typestore: Any, alert: Alert) -> Any:
-    """One ObstacleAlert. The ground-plane fields stay invalid until camera geometry is known."""
+def alert_msg(typestore: Any, alert: Alert, ground: GroundModel | None = None) -> Any:
+    """One ObstacleAlert; ``typestore`` is anything with a ``types`` mapping of message classes.
+
+    The ground-plane fields are filled from the alert's lowest point when ``ground`` (camera
+    intrinsics, height and pitch) is given and that point lies below the horizon; otherwise
+    ``position_valid`` is false and the position and distance are zero.
+    """
     types = typestore.types
     x, y, w, h = alert.component.bbox
+    position, distance, valid = (0.0, 0.0, 0.0), 0.0, False
+    if ground is not None:
+        estimate = ground.project(*alert.component.bottom_point)
+        if bool(estimate.valid[0]):
+            position = tuple(float(c) for c in estimate.points[0])
+            distance, valid = float(estimate.distance_m[0]), True
     return types[OBSTACLE_ALERT](
         track_id=alert.track_id,
         roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=x, y_offset=y, height=h, width=w, do_rectify=False),
@@ -48,28 +60,30 @@ def alert_msg(typestore: Any, alert: Alert) -> Any:
         mean_score=alert.component.mean_score,
         frames_seen=alert.frames_seen,
         in_drivable_area=alert.component.in_drivable_area,
-        position_valid=False,
-        ground_position=types["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0),
-        distance_m=0.0,
+        position_valid=valid,
+        ground_position=types["geometry_msgs/msg/Point"](x=position[0], y=position[1], z=position[2]),
+        distance_m=distance,
     )
 
 
-def alert_array_msg(typestore: Any, header: Any, result: PerceptionResult) -> Any:
+def alert_array_msg(typestore: Any, header: Any, result: PerceptionResult, ground: GroundModel | None = None) -> Any:
     return typestore.types[OBSTACLE_ALERT_ARRAY](
         header=header,
         scorer=result.scorer,
-        threshold=result.threshold,
-        alerts=[alert_msg(typestore, alert) for alert in result.alerts],
+        threshold=float(result.threshold),
+        alerts=[alert_msg(typestore, alert, ground) for alert in result.alerts],
     )
 
 
-def build_outputs(typestore: Any, header: Any, result: PerceptionResult, namespace: str) -> dict[str, Any]:
+def build_outputs(
+    typestore: Any, header: Any, result: PerceptionResult, namespace: str, ground: GroundModel | None = None
+) -> dict[str, Any]:
     """Every output message of one frame, stamped with the input image's header."""
     prefix = namespace.rstrip("/")
     outputs = {
         f"{prefix}/{SEMANTIC_MASK}": array_to_image_msg(typestore, result.labels, header, "mono8"),
         f"{prefix}/{ANOMALY_HEATMAP}": array_to_image_msg(typestore, result.anomaly, header, "32FC1"),
-        f"{prefix}/{OBSTACLE_ALERTS}": alert_array_msg(typestore, header, result),
+        f"{prefix}/{OBSTACLE_ALERTS}": alert_array_msg(typestore, header, result, ground),
     }
     if result.color is not None:
         outputs[f"{prefix}/{SEMANTIC_COLOR}"] = array_to_image_msg(typestore, result.color, header, "rgb8")
