@@ -2,6 +2,7 @@
 
     ros2 launch anomaly_seg_ros pipeline.launch.py camera_topic:=/front/image_raw \
         camera_info_topic:=/front/camera_info weights:=/models/erfnet.safetensors device:=cuda
+    ros2 launch anomaly_seg_ros pipeline.launch.py cameras:=front,left weights:=...   # one node per camera
 
 Parameters come from ``params_file`` (default: the installed config/pipeline.yaml); the
 model/scorer/backend/device arguments override that file only when given (an empty value
@@ -14,6 +15,8 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from anomaly_seg_ros.ros.cameras import camera_streams
 
 PACKAGE = "anomaly_seg_ros"
 
@@ -37,24 +40,30 @@ def _pipeline(context: LaunchContext) -> list[Node]:
 
     overrides: dict[str, object] = {"input.compressed": value("compressed").lower() in _TRUE}
     overrides.update({parameter: value(arg) for arg, parameter in PARAMETER_ARGUMENTS.items() if value(arg)})
-    camera = value("camera_topic")
     parameters: list[object] = [value("params_file")] if value("params_file") else []
     parameters += [overrides, {"use_sim_time": value("use_sim_time").lower() in _TRUE}]
+    streams = camera_streams(
+        value("cameras"),
+        image_topic=value("camera_topic"),
+        camera_info_topic=value("camera_info_topic"),
+        namespace=value("namespace"),
+    )
     return [
         Node(
             package=PACKAGE,
             executable="anomaly_seg_node",
             name="anomaly_seg_node",
-            namespace=value("namespace"),
+            namespace=stream.namespace,
             parameters=parameters,
             remappings=[
-                ("image", camera),
-                ("image/compressed", f"{camera}/compressed"),
-                ("camera_info", value("camera_info_topic")),
+                ("image", stream.image_topic),
+                ("image/compressed", f"{stream.image_topic}/compressed"),
+                ("camera_info", stream.camera_info_topic),
             ],
             output="screen",
             emulate_tty=True,
         )
+        for stream in streams
     ]
 
 
@@ -74,6 +83,12 @@ def generate_launch_description() -> LaunchDescription:
                 "camera_info_topic", default_value="/camera/camera_info", description="sensor_msgs/CameraInfo topic"
             ),
             DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its outputs"),
+            DeclareLaunchArgument(
+                "cameras",
+                default_value="",
+                description="several cameras, e.g. front,left: one node each in <namespace>/<camera> on "
+                "/<camera>/image_raw and /<camera>/camera_info; empty = the single camera_topic",
+            ),
             DeclareLaunchArgument(
                 "params_file",
                 default_value=PathJoinSubstitution([share, "config", "pipeline.yaml"]),

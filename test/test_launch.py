@@ -36,7 +36,7 @@ def _declared_arguments(path: Path) -> list[str]:
 def test_pipeline_launch_arguments():
     assert sorted(_declared_arguments(LAUNCH / "pipeline.launch.py")) == sorted(
         ["camera_topic", "compressed", "camera_info_topic", "namespace", "params_file", "model_name"]
-        + ["weights", "scorer", "backend", "device", "use_sim_time", "rviz"]
+        + ["weights", "scorer", "backend", "device", "use_sim_time", "rviz", "cameras"]
     )
 
 
@@ -102,3 +102,19 @@ def test_rviz_views_are_node_outputs():
     assert views <= topics and views <= set(outputs)
     assert topics - views == {"/camera/image_raw"}  # the camera, as pipeline.launch.py remaps it by default
     assert '"/camera/image_raw"' in (LAUNCH / "pipeline.launch.py").read_text(encoding="utf-8")
+
+
+def test_one_node_per_camera():
+    from anomaly_seg_ros.errors import ConfigError
+    from anomaly_seg_ros.ros.cameras import CameraStream, camera_streams
+
+    single = camera_streams("", image_topic="/cam/image_raw", camera_info_topic="/cam/camera_info", namespace="car")
+    assert single == [CameraStream("car", "/cam/image_raw", "/cam/camera_info")]
+    several = camera_streams(" front, left ", image_topic="/x", camera_info_topic="/y", namespace="/car")
+    assert several == [
+        CameraStream("/car/front", "/front/image_raw", "/front/camera_info"),
+        CameraStream("/car/left", "/left/image_raw", "/left/camera_info"),
+    ]
+    for bad in ("front,front", "front,2cam", "front;left"):
+        with pytest.raises(ConfigError, match="cameras"):
+            camera_streams(bad, image_topic="/x", camera_info_topic="/y")
