@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 
 from anomaly_seg_ros.alerts import Alert, bbox_iou
 from anomaly_seg_ros.bagio import BagWriter, iter_raw, list_topics
 from anomaly_seg_ros.errors import AnomalySegError, BagError, MessageConversionError
+from anomaly_seg_ros.ground import GroundModel
 from anomaly_seg_ros.metrics import StreamingOODMetrics
 from anomaly_seg_ros.perception import Perception, PerceptionResult
 from anomaly_seg_ros.ros import messages
@@ -30,6 +32,7 @@ from anomaly_seg_ros.ros.typestore import get_typestore
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 #: A topic whose last name component is this carries the anomaly ground truth (mono8 0/1/255).
 GT_TOPIC_SUFFIX = "anomaly_gt"
 #: Results kept while waiting for a ground-truth message with the same stamp.
@@ -46,6 +49,11 @@ class ReplayOptions:
     copy_input: bool = True
     #: Fraction of a ground-truth obstacle's pixels that an alert's box must cover to detect it.
     detection_overlap: float = 0.1
+    #: CameraInfo topic (default: the bag's only one). With a camera height above the road,
+    #: alerts get flat-ground positions and the report gets obstacle distances.
+    camera_info_topic: str | None = None
+    camera_height_m: float = 0.0
+    camera_pitch_rad: float = 0.0
 
 
 @dataclass
@@ -58,11 +66,15 @@ class ObstacleTrack:
     bbox: tuple[int, int, int, int]
     first_area_px: int
     last_seen_ns: int
+    #: Lowest image points (where the obstacle meets the road) at first sight and first alert.
+    first_point: tuple[int, int] = (0, 0)
     first_alert_ns: int | None = None
     first_alert_frame: int | None = None
     area_at_alert_px: int | None = None
+    alert_point: tuple[int, int] | None = None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, ground: GroundModel | None = None) -> dict[str, Any]:
+        """Facts of the track; distances need the camera geometry (fixed per camera)."""
         detected = self.first_alert_ns is not None
         return {
             "track_id": self.track_id,
@@ -73,6 +85,8 @@ class ObstacleTrack:
             "delay_s": (self.first_alert_ns - self.first_seen_ns) * 1e-9 if detected else None,
             "delay_frames": self.first_alert_frame - self.first_seen_frame if detected else None,
             "area_at_alert_px": self.area_at_alert_px,
+            "first_distance_m": _distance(ground, self.first_point),
+            "distance_at_alert_m": _distance(ground, self.alert_point) if detected else None,
         }
 
 
@@ -147,68 +161,84 @@ def find_topics(bag: Path, options: ReplayOptions) -> tuple[str, str, str | None
     return cameras[0], topics[cameras[0]][0], gt_topic
 
 
+@dataclass
+class _FrameOutcome:
+    frame_index: int
+    anomaly: np.ndarray
+    alerts: list[Alert]
+
+
 class _GroundTruthTracker:
     """Pairs results with ground-truth masks by stamp and follows each GT obstacle over time."""
 
     def __init__(self, overlap: float) -> None:
         self.metrics = StreamingOODMetrics()
         self.overlap = overlap
-        self.pending: OrderedDict[int, tuple[int, np.ndarray, list[Alert]]] = OrderedDict()
+        self.pending: OrderedDict[int, _FrameOutcome] = OrderedDict()
         self.truth: OrderedDict[int, np.ndarray] = OrderedDict()
         self.tracks: list[ObstacleTrack] = []
         self.frames = 0
 
-    def add_result(self, stamp_ns: int, frame_index: int, anomaly: np.ndarray, alerts: list[Alert]) -> None:
+    def add_result(self, stamp_ns: int, outcome: _FrameOutcome) -> None:
         if stamp_ns in self.truth:
-            self._score(stamp_ns, frame_index, anomaly, alerts, self.truth.pop(stamp_ns))
+            self._score(stamp_ns, outcome, self.truth.pop(stamp_ns))
             return
-        self.pending[stamp_ns] = (frame_index, anomaly, alerts)
+        self.pending[stamp_ns] = outcome
         while len(self.pending) > MAX_PENDING_GT:
             self.pending.popitem(last=False)
 
     def add_truth(self, stamp_ns: int, mask: np.ndarray) -> None:
         if stamp_ns in self.pending:
-            frame_index, anomaly, alerts = self.pending.pop(stamp_ns)
-            self._score(stamp_ns, frame_index, anomaly, alerts, mask)
+            self._score(stamp_ns, self.pending.pop(stamp_ns), mask)
             return
         self.truth[stamp_ns] = mask
         while len(self.truth) > MAX_PENDING_GT:
             self.truth.popitem(last=False)
 
-    def _score(
-        self, stamp_ns: int, frame_index: int, anomaly: np.ndarray, alerts: list[Alert], mask: np.ndarray
-    ) -> None:
-        if mask.shape != anomaly.shape:
+    def _score(self, stamp_ns: int, outcome: _FrameOutcome, mask: np.ndarray) -> None:
+        if mask.shape != outcome.anomaly.shape:
             raise MessageConversionError(
-                f"ground-truth mask has shape {mask.shape}, expected the camera frame's {anomaly.shape}",
+                f"ground-truth mask has shape {mask.shape}, expected the camera frame's {outcome.anomaly.shape}",
                 reason="gt_size",
             )
         self.frames += 1
-        self.metrics.update(anomaly, mask)
-        self._follow(stamp_ns, frame_index, mask, alerts)
+        self.metrics.update(outcome.anomaly, mask)
+        self._follow(stamp_ns, outcome, mask)
 
-    def _follow(self, stamp_ns: int, frame_index: int, mask: np.ndarray, alerts: list[Alert]) -> None:
-        import cv2
-
+    def _follow(self, stamp_ns: int, outcome: _FrameOutcome, mask: np.ndarray) -> None:
         count, ids, stats, _ = cv2.connectedComponentsWithStats((mask == 1).astype(np.uint8), connectivity=8)
-        active = [t for t in self.tracks if t.last_seen_ns >= 0]
+        active = list(self.tracks)
         for index in range(1, count):
             x, y, w, h, area = (int(v) for v in stats[index])
             bbox = (x, y, w, h)
             track = max(active, key=lambda t: bbox_iou(t.bbox, bbox), default=None)
             if track is None or bbox_iou(track.bbox, bbox) <= 0.0:
-                track = ObstacleTrack(len(self.tracks) + 1, stamp_ns, frame_index, bbox, area, stamp_ns)
+                track = ObstacleTrack(len(self.tracks) + 1, stamp_ns, outcome.frame_index, bbox, area, stamp_ns)
+                track.first_point = (x + w // 2, y + h - 1)
                 self.tracks.append(track)
             else:
                 active.remove(track)
             track.bbox, track.last_seen_ns = bbox, stamp_ns
-            if track.first_alert_ns is None and any(self._covers(alert, ids, index, area) for alert in alerts):
-                track.first_alert_ns, track.first_alert_frame, track.area_at_alert_px = stamp_ns, frame_index, area
+            if track.first_alert_ns is not None:
+                continue
+            for alert in outcome.alerts:
+                if self._covers(alert, ids, index, area):
+                    track.first_alert_ns, track.first_alert_frame = stamp_ns, outcome.frame_index
+                    track.area_at_alert_px, track.alert_point = area, alert.component.bottom_point
+                    break
 
     def _covers(self, alert: Alert, ids: np.ndarray, index: int, area: int) -> bool:
         x, y, w, h = alert.component.bbox
         inside = int(np.count_nonzero(ids[y : y + h, x : x + w] == index))
         return inside >= self.overlap * area
+
+
+def _distance(ground: GroundModel | None, point: tuple[int, int] | None) -> float | None:
+    """Flat-ground distance of an image point, None without camera geometry or above the horizon."""
+    if ground is None or point is None:
+        return None
+    estimate = ground.project(*point)
+    return float(estimate.distance_m[0]) if bool(estimate.valid[0]) else None
 
 
 def replay_bag(
@@ -234,7 +264,10 @@ def replay_bag(
     report = ReplayReport(str(bag), str(out), camera_topic, gt_topic)
     truth = _GroundTruthTracker(options.detection_overlap) if gt_topic else None
     outputs = messages.output_topics(options.namespace)
-    total = list_topics(bag)[camera_topic][1]
+    topics = list_topics(bag)
+    total = topics[camera_topic][1]
+    info_topic = _camera_info_topic(topics, options) if options.camera_height_m > 0 else None
+    ground: GroundModel | None = None
     perception.reset()
 
     with BagWriter(out, storage=options.storage, typestore=typestore) as writer:
@@ -250,6 +283,13 @@ def replay_bag(
                     truth.add_truth(stamp_to_ns(msg.header), image_to_array(msg))
                 except (MessageConversionError, AnomalySegError) as error:
                     _reject(report, error, f"{gt_topic}: ")
+                continue
+            if raw.topic == info_topic:
+                try:
+                    info = typestore.deserialize_cdr(raw.rawdata, raw.msgtype)
+                    ground = GroundModel.from_camera_info(info, options.camera_height_m, options.camera_pitch_rad)
+                except ValueError as error:
+                    _reject(report, MessageConversionError(f"{info_topic}: {error}", reason="camera_info"))
                 continue
             if raw.topic != camera_topic:
                 continue
@@ -271,11 +311,14 @@ def replay_bag(
                 report.stage_ms.setdefault(stage, []).append(value)
             report.alerts += len(result.alerts)
             report.frames_with_alerts += bool(result.alerts)
-            for topic, message in messages.build_outputs(typestore, msg.header, result, options.namespace).items():
+            for topic, message in messages.build_outputs(
+                typestore, msg.header, result, options.namespace, ground
+            ).items():
                 writer.write(topic, message, raw.timestamp_ns)
             if truth is not None:
                 try:
-                    truth.add_result(stamp_to_ns(msg.header), report.processed - 1, result.anomaly, result.alerts)
+                    outcome = _FrameOutcome(report.processed - 1, result.anomaly, result.alerts)
+                    truth.add_result(stamp_to_ns(msg.header), outcome)
                 except MessageConversionError as error:
                     _reject(report, error, f"{gt_topic}: ")
             if on_frame is not None:
@@ -285,9 +328,24 @@ def replay_bag(
     if truth is not None and truth.frames:
         report.gt_frames = truth.frames
         report.pixel_metrics = _plain_metrics(truth.metrics.summary())
-        report.obstacles = [track.summary() for track in truth.tracks]
+        report.obstacles = [track.summary(ground) for track in truth.tracks]
         report.pr_curve = truth.metrics.pr_curve()
     return report
+
+
+def _camera_info_topic(topics: dict[str, tuple[str, int]], options: ReplayOptions) -> str:
+    """The CameraInfo topic for flat-ground distances: the one named, or the bag's only one."""
+    if options.camera_info_topic is not None:
+        if topics.get(options.camera_info_topic, ("", 0))[0] != CAMERA_INFO:
+            raise BagError(f"{options.camera_info_topic!r} is not a {CAMERA_INFO} topic of the bag")
+        return options.camera_info_topic
+    candidates = [topic for topic, (kind, _) in topics.items() if kind == CAMERA_INFO]
+    if len(candidates) != 1:
+        raise BagError(
+            f"a camera height was given but the bag has {len(candidates)} CameraInfo topics "
+            f"({', '.join(candidates) or 'none'}); name one with --camera-info-topic"
+        )
+    return candidates[0]
 
 
 def _reject(report: ReplayReport, error: MessageConversionError | AnomalySegError, prefix: str = "") -> None:

@@ -57,15 +57,15 @@ def markdown_summary(summary: dict[str, Any], extra: dict[str, Any] | None = Non
             "",
             "## Ground-truth obstacles",
             "",
-            "| obstacle | first seen (frame) | area then (px) | detected | delay (s) | delay (frames) "
-            "| area at alert (px) |",
+            "| obstacle | first seen (frame) | distance then (m) | detected | delay (s) | delay (frames) "
+            "| distance at alert (m) |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for item in summary["obstacles"]:
             lines.append(
-                f"| {item['track_id']} | {item['first_seen_frame']} | {item['first_area_px']} "
+                f"| {item['track_id']} | {item['first_seen_frame']} | {_fmt(item['first_distance_m'], 1)} "
                 f"| {'yes' if item['detected'] else 'MISSED'} | {_fmt(item['delay_s'])} "
-                f"| {item['delay_frames'] if item['detected'] else '–'} | {item['area_at_alert_px'] or '–'} |"
+                f"| {item['delay_frames'] if item['detected'] else '–'} | {_fmt(item['distance_at_alert_m'], 1)} |"
             )
     return "\n".join(lines) + "\n"
 

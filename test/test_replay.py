@@ -6,7 +6,13 @@ import pytest
 from anomaly_seg_ros.bagio import BagWriter, iter_messages, list_topics
 from anomaly_seg_ros.errors import BagError
 from anomaly_seg_ros.replay import ReplayOptions, find_topics, replay_bag
-from anomaly_seg_ros.ros.conversions import array_to_image_msg, make_header, rgb_to_compressed_msg, stamp_to_ns
+from anomaly_seg_ros.ros.conversions import (
+    array_to_image_msg,
+    camera_info_msg,
+    make_header,
+    rgb_to_compressed_msg,
+    stamp_to_ns,
+)
 from anomaly_seg_ros.ros.typestore import get_typestore
 
 from conftest import scene_perception as _perception
@@ -33,13 +39,15 @@ def _truth() -> np.ndarray:
     return mask
 
 
-def _write_bag(path, *, storage="mcap", compressed=False):
+def _write_bag(path, *, storage="mcap", compressed=False, camera_info=False):
     typestore = get_typestore()
     rng = np.random.default_rng(0)
     with BagWriter(path, storage=storage, typestore=typestore) as writer:
         camera = "/cam/image_raw/compressed" if compressed else "/cam/image_raw"
         writer.add_topic(camera, "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image")
         writer.add_topic("/cam/anomaly_gt", "sensor_msgs/msg/Image")
+        if camera_info:
+            writer.add_topic("/cam/camera_info", "sensor_msgs/msg/CameraInfo")
         for index in range(FRAMES):
             stamp = START + index * PERIOD
             header = make_header(typestore, stamp, "cam_optical")
@@ -54,6 +62,9 @@ def _write_bag(path, *, storage="mcap", compressed=False):
                     msg.data = msg.data[: len(msg.data) // 2]
             writer.write(camera, msg, stamp)
             writer.write("/cam/anomaly_gt", array_to_image_msg(typestore, _truth(), header, "mono8"), stamp)
+            if camera_info:
+                info = camera_info_msg(typestore, header, WIDTH, HEIGHT, 100.0, 100.0, 127.5, 40.0)
+                writer.write("/cam/camera_info", info, stamp)
     return path
 
 
@@ -131,3 +142,29 @@ def test_existing_output_is_refused(tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(BagError):
         replay_bag(source, tmp_path / "out", _perception())
+
+
+def test_flat_ground_distances_from_camera_info(tmp_path):
+    source = _write_bag(tmp_path / "in", camera_info=True)
+    options = ReplayOptions(camera_height_m=1.5)
+    report = replay_bag(source, tmp_path / "out", _perception(), options)
+    fx = fy = 100.0
+    cx, cy, height = 127.5, 40.0, 1.5
+
+    def flat_ground_distance(u: float, v: float) -> float:  # pitch 0: z = fy h / (v - cy)
+        z = fy * height / (v - cy)
+        return float(np.hypot((u - cx) / fx * z, z))
+
+    alerts = [
+        alert
+        for m in iter_messages(tmp_path / "out", topics=["/anomaly_seg_node/obstacle_alerts"])
+        for alert in m.msg.alerts
+    ]
+    assert alerts and all(alert.position_valid for alert in alerts)
+    roi = alerts[0].roi
+    bottom_row = roi.y_offset + roi.height - 1
+    assert alerts[0].distance_m == pytest.approx(flat_ground_distance(roi.x_offset, bottom_row), rel=0.02)
+    assert alerts[0].ground_position.y == pytest.approx(height)  # the road is 1.5 m below the camera
+    [obstacle] = report.summary()["obstacles"]
+    assert obstacle["first_distance_m"] == pytest.approx(flat_ground_distance(128, 111), rel=1e-6)
+    assert obstacle["distance_at_alert_m"] == pytest.approx(alerts[0].distance_m, rel=1e-5)

@@ -24,6 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="perception YAML (see config/perception.yaml)")
     parser.add_argument("--topic", help="camera topic (found by itself when the bag has one image topic)")
     parser.add_argument("--gt-topic", help="ground-truth mask topic (default: a topic named */anomaly_gt)")
+    parser.add_argument(
+        "--camera-height", type=float, default=0.0, help="camera height above the road (m): alert distances"
+    )
+    parser.add_argument("--camera-pitch", type=float, default=0.0, help="camera pitch down (rad), with --camera-height")
+    parser.add_argument("--camera-info-topic", help="CameraInfo topic (default: the bag's only one)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output bag storage")
     parser.add_argument("--report", help="report folder (default: OUT_report)")
     parser.add_argument(
@@ -37,7 +42,14 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"model.weights={args.weights}"] if args.weights else [])
     config = load_config(args.config, overrides)
     perception = Perception.from_config(config)
-    options = ReplayOptions(topic=args.topic, gt_topic=args.gt_topic, storage=args.storage)
+    options = ReplayOptions(
+        topic=args.topic,
+        gt_topic=args.gt_topic,
+        storage=args.storage,
+        camera_info_topic=args.camera_info_topic,
+        camera_height_m=args.camera_height,
+        camera_pitch_rad=args.camera_pitch,
+    )
     report = replay_bag(args.bag, args.out, perception, options, progress=not args.no_progress)
     folder = Path(args.report or f"{args.out.rstrip('/')}_report")
     summary = report.summary()

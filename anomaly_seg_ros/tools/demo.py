@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_seg_ros.config import load_config
+from anomaly_seg_ros.data import camera_intrinsics
 from anomaly_seg_ros.data.datasets import AnomalyDataset, CityscapesDataset
 from anomaly_seg_ros.data.layout import generate_datasets
 from anomaly_seg_ros.data.synthetic_bag import write_sequence_bag
@@ -37,6 +38,7 @@ PERCEPTION_CONFIG = REPO / "config" / "perception.yaml"
 #: Dataset seed of the demo's held-out scenes; the demo model was trained on seed 0.
 HELD_OUT_SEED = 1
 OVERLAYS = 6
+BAG_SEED = 7
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/5] {weights}: held-out mIoU {confusion.miou():.3f}")
 
     step = time.perf_counter()
-    write_sequence_bag(bag_dir, seed=7, num_frames=args.frames, height=512, width=1024, progress=progress)
+    write_sequence_bag(bag_dir, seed=BAG_SEED, num_frames=args.frames, height=512, width=1024, progress=progress)
     timings["record synthetic bag"] = time.perf_counter() - step
     print(f"[3/5] synthetic driving bag: {bag_dir}")
 
@@ -134,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
         if index in picks and result.overlay is not None and result.color is not None:
             save_rgb(overlay_dir / f"frame_{index:04d}.png", np.concatenate([result.overlay, result.color], axis=0))
 
-    report = replay_bag(bag_dir, replay_dir, perception, ReplayOptions(), on_frame=save_overlay, progress=progress)
+    camera = camera_intrinsics(BAG_SEED, height=512, width=1024)
+    options = ReplayOptions(camera_height_m=camera.mount_height)
+    report = replay_bag(bag_dir, replay_dir, perception, options, on_frame=save_overlay, progress=progress)
     timings["replay"] = time.perf_counter() - step
     print(f"[4/5] replayed into {replay_dir}")
     timings["total"] = time.perf_counter() - started
