@@ -47,7 +47,8 @@ class ReplayOptions:
     #: Output topics are ``{namespace}/semantic_mask`` etc., the node's private topics.
     namespace: str = "/anomaly_seg_node"
     copy_input: bool = True
-    #: Fraction of a ground-truth obstacle's pixels that an alert's box must cover to detect it.
+    #: A ground-truth obstacle counts as detected once this fraction of its pixels lies inside
+    #: an alert's box and above the alert threshold (a pixel-level hit, not a box overlap).
     detection_overlap: float = 0.1
     #: CameraInfo topic (default: the bag's only one). With a camera height above the road,
     #: alerts get flat-ground positions and the report gets obstacle distances.
@@ -166,6 +167,7 @@ class _FrameOutcome:
     frame_index: int
     anomaly: np.ndarray
     alerts: list[Alert]
+    threshold: float
 
 
 class _GroundTruthTracker:
@@ -222,15 +224,15 @@ class _GroundTruthTracker:
             if track.first_alert_ns is not None:
                 continue
             for alert in outcome.alerts:
-                if self._covers(alert, ids, index, area):
+                if self._hit(alert, outcome, ids, index, area):
                     track.first_alert_ns, track.first_alert_frame = stamp_ns, outcome.frame_index
                     track.area_at_alert_px, track.alert_point = area, alert.component.bottom_point
                     break
 
-    def _covers(self, alert: Alert, ids: np.ndarray, index: int, area: int) -> bool:
+    def _hit(self, alert: Alert, outcome: _FrameOutcome, ids: np.ndarray, index: int, area: int) -> bool:
         x, y, w, h = alert.component.bbox
-        inside = int(np.count_nonzero(ids[y : y + h, x : x + w] == index))
-        return inside >= self.overlap * area
+        window = (ids[y : y + h, x : x + w] == index) & (outcome.anomaly[y : y + h, x : x + w] > outcome.threshold)
+        return int(np.count_nonzero(window)) >= self.overlap * area
 
 
 def _distance(ground: GroundModel | None, point: tuple[int, int] | None) -> float | None:
@@ -317,7 +319,7 @@ def replay_bag(
                 writer.write(topic, message, raw.timestamp_ns)
             if truth is not None:
                 try:
-                    outcome = _FrameOutcome(report.processed - 1, result.anomaly, result.alerts)
+                    outcome = _FrameOutcome(report.processed - 1, result.anomaly, result.alerts, result.threshold)
                     truth.add_result(stamp_to_ns(msg.header), outcome)
                 except MessageConversionError as error:
                     _reject(report, error, f"{gt_topic}: ")

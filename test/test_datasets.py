@@ -154,3 +154,16 @@ def test_synth_command(tmp_path, capsys):
     assert len(AnomalyDataset(out / "anomaly")) == 1
     with pytest.raises(SystemExit):
         parser.parse_args(["synth", str(out), "--train", "-1"])
+
+
+def test_road_obstacle_view_ignores_everything_off_the_road():
+    from anomaly_seg_ros.data.layout import road_obstacle_scene
+
+    scene = render_scene(5, height=128, width=256, num_anomalies=2)
+    view = road_obstacle_scene(scene)
+    road = scene.labels == 0
+    np.testing.assert_array_equal(view.anomaly[scene.anomaly == 1], 1)
+    np.testing.assert_array_equal(view.anomaly[road], scene.anomaly[road])
+    off_road = ~road & (scene.anomaly != 1)
+    assert off_road.any() and (view.anomaly[off_road] == 255).all()
+    assert view.image is scene.image and view.labels is scene.labels

@@ -18,6 +18,7 @@ import numpy as np
 from anomaly_seg_ros.data.synthetic import Scene, render_scene
 from anomaly_seg_ros.data.synthetic_world import STREAM_ANOMALY_COUNT
 from anomaly_seg_ros.errors import DatasetError
+from anomaly_seg_ros.labels import IGNORE_INDEX, TRAIN_ID
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,16 @@ def write_anomaly_set(root: str | Path, scenes: Iterable[Scene], *, name_prefix:
         count += 1
     logger.info("wrote %d anomaly scenes to %s", count, root)
     return count
+
+
+def road_obstacle_scene(scene: Scene) -> Scene:
+    """The same scene under the RoadObstacle21 convention: only the road and the obstacles on
+    it are scored, every other pixel is ignore (255). It measures what alerts depend on, how
+    well a scorer separates obstacles from the road, without the in-distribution confusion
+    of poles, signs and boundaries elsewhere in the image."""
+    anomaly = scene.anomaly.copy()
+    anomaly[(scene.labels != TRAIN_ID["road"]) & (scene.anomaly != 1)] = IGNORE_INDEX
+    return Scene(scene.image, scene.labels, anomaly)
 
 
 def split_seed(seed: int, split: str, index: int) -> int:

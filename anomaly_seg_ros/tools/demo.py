@@ -20,7 +20,8 @@ import numpy as np
 from anomaly_seg_ros.config import load_config
 from anomaly_seg_ros.data import camera_intrinsics
 from anomaly_seg_ros.data.datasets import AnomalyDataset, CityscapesDataset
-from anomaly_seg_ros.data.layout import generate_datasets
+from anomaly_seg_ros.data.layout import generate_datasets, road_obstacle_scene, split_seed, write_anomaly_set
+from anomaly_seg_ros.data.synthetic import render_scene
 from anomaly_seg_ros.data.synthetic_bag import write_sequence_bag
 from anomaly_seg_ros.errors import ConfigError
 from anomaly_seg_ros.evaluation import evaluate_scorers, evaluate_segmentation
@@ -34,10 +35,14 @@ from anomaly_seg_ros.training import BEST_CHECKPOINT, load_train_config, train
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CHECKPOINT = REPO / "checkpoints" / "erfnet_synthetic.safetensors"
 TRAIN_CONFIG = REPO / "config" / "train_synthetic.yaml"
-PERCEPTION_CONFIG = REPO / "config" / "perception.yaml"
+DEMO_CONFIG = REPO / "config" / "demo.yaml"
 #: Dataset seed of the demo's held-out scenes; the demo model was trained on seed 0.
 HELD_OUT_SEED = 1
 OVERLAYS = 6
+EVALUATION_SETS = {
+    "all_pixels": "all pixels (Road Anomaly / Fishyscapes style)",
+    "road_only": "road only, off-road ignored (RoadObstacle21 style)",
+}
 BAG_SEED = 7
 
 
@@ -55,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="retrain the demo model from scratch with config/train_synthetic.yaml first (about 40 min on 2 cores)",
     )
-    parser.add_argument("--config", help="perception YAML (default: config/perception.yaml)")
+    parser.add_argument("--config", help="perception YAML (default: config/demo.yaml)")
     parser.add_argument("--frames", type=int, default=120, help="frames in the synthetic bag (default: %(default)s)")
     parser.add_argument("--eval-images", type=int, default=40, help="held-out images per set (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -97,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         weights = _existing(Path(args.weights) if args.weights else DEMO_CHECKPOINT, "checkpoint")
     timings["train"] = time.perf_counter() - step
     config = load_config(
-        _existing(Path(args.config) if args.config else PERCEPTION_CONFIG, "config file"),
+        _existing(Path(args.config) if args.config else DEMO_CONFIG, "config file"),
         [f"model.weights={weights}"],
     )
     perception = Perception.from_config(config)
@@ -113,12 +118,27 @@ def run(args: argparse.Namespace) -> int:
         width=2 * width,
         seed=HELD_OUT_SEED,
     )
+    road_root = out / "data" / "anomaly_road"
+    write_anomaly_set(
+        road_root,
+        (
+            road_obstacle_scene(
+                render_scene(
+                    split_seed(HELD_OUT_SEED, "anomaly", index), height=2 * height, width=2 * width, num_anomalies=2
+                )
+            )
+            for index in range(args.eval_images)
+        ),
+    )
     timings["synthesise held-out scenes"] = time.perf_counter() - step
     print(f"[1/5] held-out synthetic scenes in {out / 'data'}")
 
     step = time.perf_counter()
     confusion = evaluate_segmentation(perception, CityscapesDataset(held_out["cityscapes_root"], "val"))
-    per_scorer = evaluate_scorers(perception, AnomalyDataset(held_out["anomaly_root"]), available_scorers())
+    per_scorer = {
+        "all_pixels": evaluate_scorers(perception, AnomalyDataset(held_out["anomaly_root"]), available_scorers()),
+        "road_only": evaluate_scorers(perception, AnomalyDataset(road_root), available_scorers()),
+    }
     timings["evaluate"] = time.perf_counter() - step
     print(f"[2/5] {weights}: held-out mIoU {confusion.miou():.3f}")
 
@@ -159,10 +179,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_evaluation(folder: Path, confusion, per_scorer: dict) -> None:
-    """Held-out segmentation and scorer table (Markdown + JSON) and one PR curve per scorer."""
-    table = {name: metrics.summary() for name, metrics in per_scorer.items()}
-    ratio = anomaly_ratio(next(iter(table.values())))
+def _write_evaluation(folder: Path, confusion, per_set: dict[str, dict]) -> None:
+    """Held-out segmentation and scorer tables (Markdown + JSON) and PR curves per scorer."""
     iou = confusion.iou()
     names = class_names(len(iou))
     lines = [
@@ -171,22 +189,29 @@ def _write_evaluation(folder: Path, confusion, per_scorer: dict) -> None:
         "| class | IoU (%) |",
         "| --- | --- |",
         *(f"| {name} | {100 * value:.1f} |" for name, value in zip(names, iou, strict=True) if not np.isnan(value)),
-        "",
-        f"## Scorers on the synthetic anomaly set ({100 * ratio:.2f} % anomaly pixels = AuPRC of chance)",
-        "",
-        "| scorer | AuPRC (%) | FPR95 (%) | AUROC (%) |",
-        "| --- | --- | --- | --- |",
-        *(
-            f"| {name} | {100 * m['ap']:.2f} | {100 * m['fpr_at_tpr']:.2f} | {100 * m['auroc']:.2f} |"
-            for name, m in table.items()
-        ),
     ]
-    (folder / "evaluation.md").write_text("\n".join(lines) + "\n")
-    document = {
+    document: dict = {
         "miou": confusion.miou(),
         "iou": {name: None if np.isnan(value) else float(value) for name, value in zip(names, iou, strict=True)},
-        "scorers": table,
+        "scorers": {},
     }
+    for key, per_scorer in per_set.items():
+        title = EVALUATION_SETS[key]
+        table = {name: metrics.summary() for name, metrics in per_scorer.items()}
+        ratio = anomaly_ratio(next(iter(table.values())))
+        lines += [
+            "",
+            f"## Scorers on held-out anomaly scenes, {title}: {100 * ratio:.2f} % anomaly pixels = AuPRC of chance",
+            "",
+            "| scorer | AuPRC (%) | FPR95 (%) | AUROC (%) |",
+            "| --- | --- | --- | --- |",
+            *(
+                f"| {name} | {100 * m['ap']:.2f} | {100 * m['fpr_at_tpr']:.2f} | {100 * m['auroc']:.2f} |"
+                for name, m in table.items()
+            ),
+        ]
+        document["scorers"][key] = table
+        curves = {f"{name} (AuPRC {100 * table[name]['ap']:.1f} %)": m.pr_curve() for name, m in per_scorer.items()}
+        plot_pr_curve(folder / f"pr_curve_{key}.png", curves, ratio)
+    (folder / "evaluation.md").write_text("\n".join(lines) + "\n")
     (folder / "evaluation.json").write_text(json.dumps(document, indent=2) + "\n")
-    curves = {f"{name} (AuPRC {100 * table[name]['ap']:.1f} %)": m.pr_curve() for name, m in per_scorer.items()}
-    plot_pr_curve(folder / "pr_curve_scorers.png", curves, ratio)
