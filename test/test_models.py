@@ -374,3 +374,14 @@ def test_metadata_is_plain_json_in_header(tmp_path, source) -> None:
     raw = path.read_bytes()
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     assert json.loads(header["__metadata__"]["anomaly_seg_ros"])["model"] == "erfnet"
+
+
+def test_saved_checkpoint_has_the_usual_file_mode(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint(build_model("erfnet", num_classes=19), tmp_path / "m.safetensors", metadata={})
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -74,6 +74,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, metadata:
             tmp.write(payload)
             tmp.flush()
             os.fsync(tmp.fileno())
+        # mkstemp creates 0600; give the checkpoint the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
