@@ -9,6 +9,7 @@ frames.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -61,12 +62,19 @@ def drivable_area(labels: np.ndarray, drivable_classes: tuple[int, ...]) -> np.n
     return region.astype(bool)
 
 
+@functools.lru_cache(maxsize=8)
 def polygon_mask(polygon: tuple[tuple[float, float], ...], height: int, width: int) -> np.ndarray:
-    """Static ROI polygon in normalised coordinates -> bool HxW mask."""
+    """Static ROI polygon in normalised coordinates -> bool HxW mask (read-only).
+
+    Cached: the polygon and the camera's frame size do not change from frame to frame, so
+    the mask is drawn once rather than allocated and filled for every frame.
+    """
     region = np.zeros((height, width), dtype=np.uint8)
     points = np.array(polygon, dtype=np.float64) * np.array([width - 1, height - 1])
     cv2.fillPoly(region, [np.round(points).astype(np.int32)], 1)
-    return region.astype(bool)
+    mask = region.astype(bool)
+    mask.setflags(write=False)
+    return mask
 
 
 def region_of_interest(labels: np.ndarray, config: AlertConfig) -> tuple[np.ndarray | None, np.ndarray]:

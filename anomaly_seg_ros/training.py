@@ -29,7 +29,7 @@ from tqdm import tqdm
 from anomaly_seg_ros.config import _build, _to_plain
 from anomaly_seg_ros.data.datasets import CityscapesDataset
 from anomaly_seg_ros.errors import CheckpointError, ConfigError
-from anomaly_seg_ros.inference.preprocess import normalize_images
+from anomaly_seg_ros.inference.preprocess import normalize_images, resize_images, resize_labels
 from anomaly_seg_ros.labels import IGNORE_INDEX, TRAIN_ID, class_names
 from anomaly_seg_ros.metrics import ConfusionMatrix
 from anomaly_seg_ros.models import build_model, load_weights, model_defaults, save_checkpoint
@@ -108,7 +108,7 @@ def load_train_config(path: str | Path | None, overrides: Mapping[str, Any] | No
 class SegmentationSamples(Dataset):
     """Cityscapes-layout items as (uint8 image tensor 3xHxW, int64 labels HxW) at ``input_size``.
 
-    Resizing here uses the same uint8 resize as inference; labels use nearest neighbour.
+    Images use the same uint8 resize as inference (``resize_images``); labels nearest neighbour.
     """
 
     def __init__(self, root: str | Path, split: str, input_size: tuple[int, int], *, hflip: bool) -> None:
@@ -123,11 +123,8 @@ class SegmentationSamples(Dataset):
         image, labels = self.items[index]
         image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         labels_t = torch.from_numpy(np.ascontiguousarray(labels))
-        if tuple(image_t.shape[-2:]) != tuple(self.input_size):
-            image_t = torch.nn.functional.interpolate(
-                image_t[None], size=self.input_size, mode="bilinear", align_corners=False, antialias=True
-            )[0]
-            labels_t = torch.nn.functional.interpolate(labels_t[None, None], size=self.input_size, mode="nearest")[0, 0]
+        image_t = resize_images(image_t[None], self.input_size)[0]
+        labels_t = resize_labels(labels_t[None], self.input_size)[0]
         if self.hflip and random.random() < 0.5:
             image_t, labels_t = image_t.flip(-1), labels_t.flip(-1)
         return image_t, labels_t.long()

@@ -48,3 +48,26 @@ def scene_perception(*overrides: str, model: nn.Module | None = None) -> Percept
         ],
     )
     return Perception(model or SceneLogits(), config)
+
+
+def ros_test_assets(root) -> tuple:
+    """Synthetic bag, a calibrated random-weight checkpoint and the bag's image stamps, for the
+    tests that run the node under ROS (test_ros_node.py, test_ros_launch.py)."""
+    from pathlib import Path
+
+    from rosbags.highlevel import AnyReader
+
+    from anomaly_seg_ros.data.synthetic_bag import SequenceTopics, write_sequence_bag
+    from anomaly_seg_ros.models import build_model, save_checkpoint
+
+    root = Path(root)
+    bag = write_sequence_bag(root / "bag", num_frames=10, height=128, width=256, fps=10.0)
+    weights = root / "erfnet.safetensors"
+    calibration = {"maxlogit": {"threshold": -3.5, "range": [-9.0, -2.0]}}
+    save_checkpoint(
+        build_model("erfnet", num_classes=19), weights, metadata={"input_size": [64, 128], "calibration": calibration}
+    )
+    with AnyReader([bag]) as reader:
+        connections = [c for c in reader.connections if c.topic == SequenceTopics().image]
+        stamps = {timestamp for _, timestamp, _ in reader.messages(connections=connections)}
+    return bag, weights, stamps

@@ -23,30 +23,17 @@ import rclpy  # noqa: E402
 from anomaly_seg_msgs.msg import ObstacleAlertArray  # noqa: E402
 from launch.actions import ExecuteProcess, IncludeLaunchDescription, TimerAction  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-from rosbags.highlevel import AnyReader  # noqa: E402
 
-from anomaly_seg_ros.data.synthetic_bag import SequenceTopics, write_sequence_bag  # noqa: E402
-from anomaly_seg_ros.models import build_model, save_checkpoint  # noqa: E402
+from anomaly_seg_ros.data.synthetic_bag import SequenceTopics  # noqa: E402
+
+from conftest import ros_test_assets  # noqa: E402
 
 LAUNCH_FILE = Path(__file__).resolve().parents[1] / "launch" / "pipeline.launch.py"
 TOPICS = SequenceTopics()
 WORKDIR = Path(tempfile.mkdtemp(prefix="anomaly_seg_launch_test_"))
 
 
-def _assets() -> tuple[Path, Path, set[int]]:
-    bag = write_sequence_bag(WORKDIR / "bag", num_frames=10, height=128, width=256)
-    weights = WORKDIR / "erfnet.safetensors"
-    calibration = {"maxlogit": {"threshold": -3.5, "range": [-9.0, -2.0]}}
-    save_checkpoint(
-        build_model("erfnet", num_classes=19), weights, metadata={"input_size": [64, 128], "calibration": calibration}
-    )
-    with AnyReader([bag]) as reader:
-        connections = [c for c in reader.connections if c.topic == TOPICS.image]
-        stamps = {timestamp for _, timestamp, _ in reader.messages(connections=connections)}
-    return bag, weights, stamps
-
-
-BAG, WEIGHTS, INPUT_STAMPS = _assets()
+BAG, WEIGHTS, INPUT_STAMPS = ros_test_assets(WORKDIR)
 
 
 @pytest.mark.launch_test

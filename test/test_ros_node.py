@@ -18,30 +18,20 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from rosbags.highlevel import AnyReader  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from anomaly_seg_ros.data.synthetic_bag import SequenceTopics, write_sequence_bag  # noqa: E402
-from anomaly_seg_ros.models import build_model, save_checkpoint  # noqa: E402
+from anomaly_seg_ros.data.synthetic_bag import SequenceTopics  # noqa: E402
 from anomaly_seg_ros.ros import messages  # noqa: E402
 from anomaly_seg_ros.ros.node import AnomalySegNode  # noqa: E402
+
+from conftest import ros_test_assets  # noqa: E402
 
 TOPICS = SequenceTopics()
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ros_node")
-    bag = write_sequence_bag(root / "bag", num_frames=10, height=128, width=256, fps=10.0)
-    weights = root / "erfnet.safetensors"
-    calibration = {"maxlogit": {"threshold": -3.5, "range": [-9.0, -2.0]}}
-    save_checkpoint(
-        build_model("erfnet", num_classes=20), weights, metadata={"input_size": [64, 128], "calibration": calibration}
-    )
-    with AnyReader([bag]) as reader:
-        connections = [c for c in reader.connections if c.topic == TOPICS.image]
-        stamps = {timestamp for _, timestamp, _ in reader.messages(connections=connections)}
-    return bag, weights, stamps
+    return ros_test_assets(tmp_path_factory.mktemp("ros_node"))
 
 
 def _stamp_ns(header) -> int:

@@ -37,14 +37,18 @@ def normalize_images(
     """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be an (N, 3, H, W) uint8 tensor, got {tuple(images.shape)} {images.dtype}")
-    if tuple(images.shape[-2:]) != tuple(input_size):
-        shrinking = images.shape[-2] > input_size[0] or images.shape[-1] > input_size[1]
-        images = F.interpolate(
-            images, size=tuple(input_size), mode="bilinear", align_corners=False, antialias=shrinking
-        )
+    images = resize_images(images, input_size)
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean_t) / std_t
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> (N, 3, h, w) uint8: bilinear, antialiased when shrinking."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    shrinking = images.shape[-2] > size[0] or images.shape[-1] > size[1]
+    return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=shrinking)
 
 
 def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
