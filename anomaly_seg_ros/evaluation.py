@@ -32,13 +32,16 @@ def evaluate_scorers(
     costs only their reductions.
     """
     built = {name: get_scorer(name) for name in scorers}
+    for scorer in built.values():
+        scorer.bind(perception.model)
+    features = any(scorer.requires_features for scorer in built.values())
     results = {name: StreamingOODMetrics() for name in scorers}
     for index in tqdm(range(len(dataset)), desc="evaluate", unit="image", disable=not progress):
         image, truth = dataset[index]
-        logits, _ = perception.infer(image)
+        output, _ = perception.infer(image, features=features)
         with torch.inference_mode():
             for name, scorer in built.items():
-                scores = resize_scores(scorer(logits).float(), image.shape[:2])[0].cpu().numpy()
+                scores = resize_scores(scorer(output).float(), image.shape[:2])[0].cpu().numpy()
                 results[name].update(scores, truth)
     return results
 
@@ -50,7 +53,7 @@ def evaluate_segmentation(
     confusion: ConfusionMatrix | None = None
     for index in tqdm(range(len(dataset)), desc="segmentation", unit="image", disable=not progress):
         image, truth = dataset[index]
-        logits, _ = perception.infer(image)
+        logits = perception.infer(image)[0].logits
         if confusion is None:
             confusion = ConfusionMatrix(logits.shape[1], ignore_index=IGNORE_INDEX)
         with torch.inference_mode():

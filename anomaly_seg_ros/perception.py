@@ -23,6 +23,7 @@ from anomaly_seg_ros.config import PerceptionConfig, replace_config
 from anomaly_seg_ros.errors import ConfigError
 from anomaly_seg_ros.inference.preprocess import frame_to_tensor, normalize_images, resize_labels, resize_scores
 from anomaly_seg_ros.models import load_model, model_defaults
+from anomaly_seg_ros.models.outputs import SegmentationOutput
 from anomaly_seg_ros.scoring import Scorer, get_scorer
 from anomaly_seg_ros.visualization import colorize, overlay
 
@@ -90,6 +91,7 @@ class Perception:
         value_range = config.render.heatmap_range or calibration.get("range") or scorer.display_range
         if value_range is None:
             value_range = (threshold - 1.0, threshold + 1.0)
+        scorer.bind(self.model)
         self.scorer: Scorer = scorer
         self.threshold = float(threshold)
         self.heatmap_range = (float(value_range[0]), float(value_range[1]))
@@ -119,10 +121,19 @@ class Perception:
     # -- processing ----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def infer(self, frame: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(1, C, h, w)`` at network resolution and the uint8 input tensor, on the device."""
+    def infer(self, frame: np.ndarray, *, features: bool = False) -> tuple[SegmentationOutput, torch.Tensor]:
+        """One forward pass at network resolution and the uint8 input tensor, on the device.
+
+        With ``features=True`` the output also carries the penultimate features that
+        feature-based scorers read.
+        """
         images = frame_to_tensor(frame, self.device)
-        return self._forward(normalize_images(images, self.input_size, self.mean, self.std)), images
+        return self._run_model(normalize_images(images, self.input_size, self.mean, self.std), features), images
+
+    def _run_model(self, network_input: torch.Tensor, features: bool) -> SegmentationOutput:
+        if features:
+            return self.model.forward_with_features(network_input)
+        return SegmentationOutput(logits=self._forward(network_input))
 
     @torch.inference_mode()
     def process(self, frame: np.ndarray, *, render_color: bool = True, render_overlay: bool = True) -> PerceptionResult:
@@ -132,10 +143,10 @@ class Perception:
         with timer("preprocess"):
             network_input = normalize_images(frame_to_tensor(frame, self.device), self.input_size, self.mean, self.std)
         with timer("forward"):
-            logits = self._forward(network_input)
+            output = self._run_model(network_input, self.scorer.requires_features)
         with timer("score"):
-            scores = self.scorer(logits)
-            labels = logits.argmax(dim=1)
+            scores = self.scorer(output)
+            labels = output.logits.argmax(dim=1)
         with timer("postprocess"):
             labels_np = resize_labels(labels, size)[0].cpu().numpy()
             anomaly_np = resize_scores(scores.float(), size)[0].cpu().numpy()

@@ -160,7 +160,8 @@ def test_forward_rejects_size_not_divisible_by_8(source: nn.Module) -> None:
 
 def test_forward_with_features(source: nn.Module, image: torch.Tensor, reference_logits: torch.Tensor) -> None:
     with torch.no_grad():
-        logits, features = source.forward_with_features(image)
+        output = source.forward_with_features(image)
+        logits, features = output.logits, output.features
         # Independent path: encoder, then decoder layers by hand, then the last layer.
         manual = source.encoder(image)
         for layer in source.decoder.layers:
@@ -168,7 +169,8 @@ def test_forward_with_features(source: nn.Module, image: torch.Tensor, reference
         assert torch.equal(logits, reference_logits)
         assert features.shape == (1, 16, H // 2, W // 2)
         assert torch.equal(features, manual)
-        assert torch.equal(source.decoder.output_conv(features), logits)
+        assert torch.equal(source.last_layer(features), logits)
+        assert output.head_logits is output.logits and output.aux_logits == ()
 
 
 # ---------------------------------------------------------------- registry

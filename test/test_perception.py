@@ -79,7 +79,7 @@ def test_preprocessing_matches_an_independent_reference():
     config = load_config(None, ["model.input_size=[64, 128]", "alerts.threshold=0"])
     perception = Perception(nn.Identity(), config)
     expected = torch.from_numpy(frame).permute(2, 0, 1)[None].double() / 255.0
-    got, _ = perception.infer(frame)
+    got = perception.infer(frame)[0].logits
     torch.testing.assert_close(got.double(), expected)
     mean, std = (0.5, 0.25, 0.0), (0.5, 0.5, 2.0)
     normed = normalize_images(torch.from_numpy(frame).permute(2, 0, 1)[None], (64, 128), mean, std)

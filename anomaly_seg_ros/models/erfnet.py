@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomaly_seg_ros.models.outputs import SegmentationOutput
 from anomaly_seg_ros.models.registry import register_model
 
 #: Input height and width must be multiples of this (three stride-2 downsamplers).
@@ -120,15 +121,14 @@ class Decoder(nn.Module):
         )
         self.output_conv = nn.ConvTranspose2d(16, num_classes, 2, stride=2, padding=0, output_padding=0, bias=True)
 
-    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the 16-channel, 1/2-resolution input of ``output_conv``."""
-        features = x
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 16-channel, 1/2-resolution input of ``output_conv``."""
         for layer in self.layers:
-            features = layer(features)
-        return self.output_conv(features), features
+            x = layer(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_features(x)[0]
+        return self.output_conv(self.features(x))
 
 
 class ERFNet(nn.Module):
@@ -144,21 +144,31 @@ class ERFNet(nn.Module):
         self.encoder = Encoder(num_classes)
         self.decoder = Decoder(num_classes)
 
-    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def last_layer(self) -> nn.ConvTranspose2d:
+        """The 2x2 stride-2 transposed convolution that maps 16 features to class logits."""
+        return self.decoder.output_conv
+
+    def forward_with_features(self, x: torch.Tensor) -> SegmentationOutput:
         """Logits ``(N, C, H, W)`` and last-layer input features ``(N, 16, H/2, W/2)``.
 
         Feature-based anomaly scorers need the penultimate activations; returning them
         from the same pass avoids a second forward or a hook.
         """
+        features = self.decoder.features(self.encoder(self._check_size(x)))
+        return SegmentationOutput(logits=self.decoder.output_conv(features), features=features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(self._check_size(x)))
+
+    @staticmethod
+    def _check_size(x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         if height % OUTPUT_STRIDE or width % OUTPUT_STRIDE:
             raise ValueError(
                 f"ERFNet input height and width must be divisible by {OUTPUT_STRIDE}, got {height}x{width}"
             )
-        return self.decoder.forward_with_features(self.encoder(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_features(x)[0]
+        return x
 
 
 @register_model("erfnet", num_classes=20, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=(512, 1024))

@@ -1,9 +1,14 @@
 """The one scorer interface and its registry.
 
-A scorer maps logits ``(N, C, H, W)`` to per-pixel anomaly scores ``(N, H, W)`` on the
-logits' device; higher means more anomalous, for every scorer. Each scorer keeps its formula
+A scorer maps one forward pass of the network (a ``SegmentationOutput``, or bare logits
+``(N, C, H, W)``) to per-pixel anomaly scores ``(N, H, W)`` at the logits' resolution and on
+their device; higher means more anomalous, for every scorer. Each scorer keeps its formula
 as a pure static ``score`` function of the tensors (pytorch-ood style) so that evaluation code
 and tests can call it without an instance.
+
+Scorers that read more than the logits say so: ``requires_features`` asks the caller for
+``forward_with_features`` (penultimate features, last-layer output), ``bind(model)`` hands
+them the network when they need its parameters.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.models.outputs import SegmentationOutput
 
 _REGISTRY: dict[str, type[Scorer]] = {}
 
@@ -24,6 +31,8 @@ class Scorer:
     name: ClassVar[str]
     #: Default heatmap display range (low, high) of the score, used when none is configured.
     display_range: ClassVar[tuple[float, float] | None] = None
+    #: True when the scorer reads ``SegmentationOutput.features`` (call ``forward_with_features``).
+    requires_features: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         if params:
@@ -34,9 +43,22 @@ class Scorer:
         """The scorer's parameters, as given to ``get_scorer``."""
         return {}
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        check_logits(logits)
-        return self.score(logits, **self.params)
+    def __call__(self, output: torch.Tensor | SegmentationOutput) -> torch.Tensor:
+        if not isinstance(output, SegmentationOutput):
+            output = SegmentationOutput(logits=output)
+        check_logits(output.logits)
+        if self.requires_features and output.features is None:
+            raise ValueError(
+                f"scorer {self.name!r} needs the network's features: run model.forward_with_features, not forward"
+            )
+        return self.compute(output)
+
+    def compute(self, output: SegmentationOutput) -> torch.Tensor:
+        """Scores of one checked forward pass; logit-only scorers apply their static ``score``."""
+        return self.score(output.logits, **self.params)
+
+    def bind(self, model: nn.Module) -> None:
+        """Called once with the network the scorer will see outputs of; override when needed."""
 
     @staticmethod
     def score(logits: torch.Tensor, **params: Any) -> torch.Tensor:
