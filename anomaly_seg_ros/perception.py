@@ -132,8 +132,10 @@ class Perception:
 
     def _run_model(self, network_input: torch.Tensor, features: bool) -> SegmentationOutput:
         if features:
-            return self.model.forward_with_features(network_input)
-        return SegmentationOutput(logits=self._forward(network_input))
+            output = self.model.forward_with_features(network_input)
+            output.inputs = network_input
+            return output
+        return SegmentationOutput(logits=self._forward(network_input), inputs=network_input)
 
     @torch.inference_mode()
     def process(self, frame: np.ndarray, *, render_color: bool = True, render_overlay: bool = True) -> PerceptionResult:

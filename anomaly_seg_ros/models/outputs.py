@@ -32,6 +32,8 @@ class SegmentationOutput:
     head_logits: torch.Tensor | None = None
     #: Auxiliary logits used only in training (BiSeNet's context heads); empty in eval mode.
     aux_logits: tuple[torch.Tensor, ...] = ()
+    #: (N, 3, H, W) the normalised network input, for scorers that run more passes (ODIN, ensembles).
+    inputs: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.head_logits is None:

@@ -33,6 +33,8 @@ class Scorer:
     display_range: ClassVar[tuple[float, float] | None] = None
     #: True when the scorer reads ``SegmentationOutput.features`` (call ``forward_with_features``).
     requires_features: ClassVar[bool] = False
+    #: True when the scorer needs statistics or a small model fitted on in-distribution data.
+    requires_fit: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         if params:
@@ -58,7 +60,11 @@ class Scorer:
         return self.score(output.logits, **self.params)
 
     def bind(self, model: nn.Module) -> None:
-        """Called once with the network the scorer will see outputs of; override when needed."""
+        """Called once with the network the scorer will see outputs of.
+
+        Scorers that need the network's parameters keep it here; scorers that only work
+        with some heads (the void class, IsoMax+) raise ``ConfigError`` for other models.
+        """
 
     @staticmethod
     def score(logits: torch.Tensor, **params: Any) -> torch.Tensor:
