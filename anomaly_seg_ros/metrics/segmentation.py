@@ -8,11 +8,12 @@ scores, which would overweight small or empty classes in individual images.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from anomaly_seg_ros.labels import IGNORE_INDEX
+from anomaly_seg_ros.labels import IGNORE_INDEX, class_names
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -105,6 +106,27 @@ class ConfusionMatrix:
         """Correct pixels / counted pixels = trace / sum; NaN if nothing was counted."""
         total = self.matrix.sum()
         return float(np.trace(self.matrix) / total) if total > 0 else float("nan")
+
+    def per_class_table(self, names: Sequence[str] | None = None) -> list[dict[str, object]]:
+        """One row per class: ``class`` name, ``iou`` (NaN if absent), ``tp``, ``fp``, ``fn``.
+
+        ``names`` default to the Cityscapes names (``labels.class_names``) for 19 or 20 classes,
+        else ``class <i>``. IoU = TP / (TP + FP + FN), seed paper eq. 1.
+        """
+        if names is None:
+            try:
+                names = class_names(self.num_classes)
+            except ValueError:
+                names = [f"class {index}" for index in range(self.num_classes)]
+        if len(names) != self.num_classes:
+            raise ValueError(f"got {len(names)} class names for {self.num_classes} classes")
+        tp = np.diag(self.matrix)
+        fp = self.matrix.sum(axis=0) - tp
+        fn = self.matrix.sum(axis=1) - tp
+        return [
+            {"class": name, "iou": float(iou), "tp": int(t), "fp": int(p), "fn": int(n)}
+            for name, iou, t, p, n in zip(names, self.iou(), tp, fp, fn, strict=True)
+        ]
 
     def reset(self) -> None:
         """Zero the counts."""
