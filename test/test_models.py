@@ -219,6 +219,7 @@ def test_save_load_round_trip(tmp_path, source, image, reference_logits) -> None
         "std": [1.0, 1.0, 1.0],
         "input_size": [512, 1024],
         "temperature": 1.5,
+        "head": "linear",
         "epoch": 12,
         "metrics": {"miou": 0.71},
     }

@@ -10,6 +10,7 @@ run the network without a config file::
     mean, std     3 floats each, applied to RGB after scaling it to 0..1
     input_size    [H, W] the network expects
     temperature   softmax temperature (1.0 when not calibrated)
+    head          classifier head: "linear" (the network as published) or "isomax" (IsoMax+)
     ...           whatever else the caller passed (training config, metrics, epoch)
 
 Loading is always strict: a checkpoint that does not fit the model exactly is an error
@@ -34,6 +35,7 @@ from torch import nn
 
 from anomaly_seg_ros.errors import CheckpointError, ConfigError
 from anomaly_seg_ros.labels import class_names as default_class_names
+from anomaly_seg_ros.models.heads import HEAD_KINDS, head_kind
 from anomaly_seg_ros.models.registry import (
     available_models,
     build_model,
@@ -93,7 +95,8 @@ def _checkpoint_metadata(model: nn.Module, metadata: Mapping[str, Any]) -> dict[
         raise ConfigError(
             "model needs 'model_name' and 'num_classes' attributes to be saved; build it with build_model()"
         )
-    for key, actual in (("model", name), ("num_classes", num_classes)):
+    head = head_kind(model)
+    for key, actual in (("model", name), ("num_classes", num_classes), ("head", head)):
         if key in metadata and metadata[key] != actual:
             raise ConfigError(f"metadata[{key!r}] = {metadata[key]!r} contradicts the model ({actual!r})")
     defaults = model_defaults(name)
@@ -104,6 +107,7 @@ def _checkpoint_metadata(model: nn.Module, metadata: Mapping[str, Any]) -> dict[
         "std": list(defaults["std"]),
         "input_size": list(defaults["input_size"]),
         "temperature": 1.0,
+        "head": head,
     }
     meta.update(metadata)
     if "class_names" not in meta:
@@ -155,6 +159,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, An
         saved_name, model_name = meta.get("model"), getattr(model, "model_name", None)
         if saved_name is not None and model_name is not None and saved_name != model_name:
             raise CheckpointError(f"{path} holds a {saved_name!r} model, not {model_name!r}")
+        saved_head, model_head = meta.get("head", "linear"), head_kind(model)
+        if meta and saved_head != model_head:
+            raise CheckpointError(f"{path} holds a model with a {saved_head!r} head, not {model_head!r}")
     elif path.suffix in TORCH_SUFFIXES:
         meta, state = {}, _read_torch_state_dict(path)
     else:
@@ -180,7 +187,10 @@ def load_model(path: str | os.PathLike[str], *, device: torch.device | str = "cp
             f"{path} holds model {meta['model']!r}, which is not registered; "
             f"available models: {', '.join(available_models())}"
         )
-    model = build_model(meta["model"], num_classes=meta["num_classes"])
+    head = meta.get("head", "linear")  # checkpoints written before heads existed are linear
+    if head not in HEAD_KINDS:
+        raise CheckpointError(f"{path}: metadata 'head' is {head!r}; expected one of {', '.join(HEAD_KINDS)}")
+    model = build_model(meta["model"], num_classes=meta["num_classes"], head=head)
     load_weights(model, path)
     return model.to(device).eval(), meta
 

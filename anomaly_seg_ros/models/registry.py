@@ -77,15 +77,27 @@ def model_defaults(name: str) -> dict[str, Any]:
     return dict(_entry(name).defaults)
 
 
-def build_model(name: str, num_classes: int = 20, **kwargs: Any) -> nn.Module:
-    """Build a freshly initialised model ``name``; the result carries ``model_name``."""
+def build_model(name: str, num_classes: int = 20, *, head: str = "linear", **kwargs: Any) -> nn.Module:
+    """Build a freshly initialised model ``name``; the result carries ``model_name`` and ``head_kind``.
+
+    ``head="linear"`` is the network as published; ``head="isomax"`` makes its ``num_classes``
+    output channels the embedding of an IsoMax+ head with ``num_classes`` prototypes
+    (``models.heads.attach_head``).
+    """
+    from anomaly_seg_ros.models.heads import HEAD_KINDS, attach_head  # heads imports outputs only; no cycle
+
     entry = _entry(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if head not in HEAD_KINDS:
+        raise ConfigError(f"model {name!r}: unknown head {head!r}; expected one of {', '.join(HEAD_KINDS)}")
     try:
         inspect.signature(entry.builder).bind(num_classes=num_classes, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"model {name!r}: bad arguments {sorted(kwargs)}: {exc}") from None
     model = entry.builder(num_classes=num_classes, **kwargs)
     model.model_name = name
+    model = attach_head(model, head)
+    model.model_name = name
+    model.head_kind = head
     return model

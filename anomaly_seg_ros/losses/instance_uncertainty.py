@@ -1,0 +1,99 @@
+r"""Instance-wise uncertainty weighting (seed 003: Almeida, Dutra, Renna, "Instance-wise Uncertainty
+for Class Imbalance in Semantic Segmentation", sections 3-4).
+
+1. Pixel uncertainty: the predictive entropy of an ensemble of :math:`M` models (seed 003 eq. 2),
+
+   .. math:: \mathrm{PU}(p) = H\Big[\frac{1}{M} \sum_{m=1}^{M} \mathrm{softmax}(z_m(p))\Big]
+             = -\sum_c \bar P_c(p) \ln \bar P_c(p)
+
+   in nats and *not* normalised: the paper uses the plain entropy and motivates the ``1 +`` of
+   step 3 by uncertainties "smaller than 1", a scale a ``log C`` normalisation would change
+   (``normalize=True`` divides by :math:`\ln C` for other uses).
+2. Instance uncertainty (eq. 7): an instance is a connected set of ground-truth pixels of one
+   class (8-connectivity, ``cv2.connectedComponents``); every pixel of an instance gets the mean
+   PU of the instance. Ignored pixels belong to no instance and get 0.
+3. The loss (eq. 8): :math:`\mathcal{L} = CE(\hat y, y) \odot (1 + IU)^2`, i.e.
+   ``criterion(output, target, pixel_weights=iu_pixel_weights(iu))``.
+
+Seed 003 trains the ensemble members either beforehand (masks computed once per training
+sample) or in parallel (masks computed on the fly); both call these functions the same way. The
+masks are constants of the loss: they are computed without gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.labels import IGNORE_INDEX
+
+
+@torch.no_grad()
+def ensemble_entropy(
+    members: Sequence[torch.Tensor], *, probabilities: bool = False, normalize: bool = False
+) -> torch.Tensor:
+    r"""Predictive entropy ``(N, H, W)`` of the mean softmax of ``M`` ensemble members.
+
+    ``members``: ``M`` tensors ``(N, C, H, W)``, logits by default, or class probabilities with
+    ``probabilities=True``. :math:`0 \ln 0` is taken as 0.
+    """
+    if isinstance(members, torch.Tensor) or len(members) == 0:
+        raise ConfigError("ensemble_entropy expects a non-empty list of (N, C, H, W) tensors, one per member")
+    shape = members[0].shape
+    for index, member in enumerate(members):
+        if member.ndim != 4 or member.shape != shape or member.shape[1] < 2:
+            raise ValueError(
+                f"ensemble member {index} has shape {tuple(member.shape)}; every member must be (N, C, H, W) "
+                f"with C >= 2 and the shape of member 0 {tuple(shape)}"
+            )
+    probs = [m.float() if probabilities else torch.softmax(m.float(), dim=1) for m in members]
+    mean = torch.stack(probs).mean(dim=0)
+    entropy = -torch.special.xlogy(mean, mean).sum(dim=1)
+    return entropy / math.log(shape[1]) if normalize else entropy
+
+
+@torch.no_grad()
+def instance_uncertainty(
+    entropy: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX, *, connectivity: int = 8
+) -> torch.Tensor:
+    r"""Instance uncertainty map ``(N, H, W)`` (seed 003 eq. 7) on the entropy's device and dtype.
+
+    .. math:: IU(p) = \sum_{I \in R} \mathbf{1}_I(p) \frac{1}{|I|} \sum_{k \in I} PU(k)
+
+    ``R`` are the ``connectivity``-connected components (8 by default, 4 possible) of each class
+    mask of ``labels`` ``(N, H, W)``; pixels labelled ``ignore_index`` get 0.
+    """
+    if connectivity not in (4, 8):
+        raise ConfigError(f"connectivity must be 4 or 8, got {connectivity!r}")
+    if entropy.ndim != 3 or labels.shape != entropy.shape:
+        raise ValueError(
+            f"entropy and labels must both be (N, H, W) with the same shape, got {tuple(entropy.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
+    if labels.is_floating_point():
+        raise ValueError(f"labels must be integer trainIds, got {labels.dtype}")
+    pu = entropy.detach().to("cpu", torch.float64).numpy()
+    lab = labels.detach().to("cpu", torch.int64).numpy()
+    out = np.zeros_like(pu)
+    for n in range(lab.shape[0]):
+        for cls in np.unique(lab[n]):
+            if cls == ignore_index:
+                continue
+            mask = lab[n] == cls
+            count, components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=connectivity)
+            # Component 0 is the background of this class mask; its (meaningless) mean is never read.
+            sums = np.bincount(components[mask], weights=pu[n][mask], minlength=count)
+            sizes = np.bincount(components[mask], minlength=count)
+            means = sums / np.maximum(sizes, 1)
+            out[n][mask] = means[components[mask]]
+    return torch.from_numpy(out).to(device=entropy.device, dtype=entropy.dtype)
+
+
+def iu_pixel_weights(iu: torch.Tensor) -> torch.Tensor:
+    r"""Loss weights :math:`(1 + IU)^2` of seed 003 eq. 8, for ``Criterion(..., pixel_weights=...)``."""
+    return (1.0 + iu) ** 2
