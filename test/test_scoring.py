@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from anomaly_seg_ros.errors import ConfigError
-from anomaly_seg_ros.scoring import available_scorers, get_scorer
+from anomaly_seg_ros.scoring import available_scorers, get_scorer, logit_scorers
 
 
 def _logits(seed: int = 0, shape=(2, 19, 5, 7)) -> torch.Tensor:
@@ -65,14 +65,14 @@ def test_higher_means_more_anomalous_for_every_scorer():
     confident = torch.zeros(1, 19, 1, 1)
     confident[0, 3] = 12.0
     uncertain = torch.zeros(1, 19, 1, 1)  # flat logits: nothing known
-    for name in available_scorers():
+    for name in logit_scorers():
         scorer = get_scorer(name)
         assert scorer(uncertain).item() > scorer(confident).item(), name
 
 
 def test_scores_stay_on_the_logits_device_and_dtype():
     logits = torch.randn(1, 20, 8, 8, dtype=torch.float32)
-    for name in available_scorers():
+    for name in logit_scorers():
         scores = get_scorer(name)(logits)
         assert scores.dtype == torch.float32 and scores.device == logits.device
         assert torch.isfinite(scores).all()
@@ -80,7 +80,7 @@ def test_scores_stay_on_the_logits_device_and_dtype():
 
 def test_extreme_logits_stay_finite():
     logits = torch.tensor([1e4, -1e4, 0.0]).view(1, 3, 1, 1)
-    for name in available_scorers():
+    for name in logit_scorers():
         assert torch.isfinite(get_scorer(name)(logits)).all(), name
 
 
@@ -93,3 +93,49 @@ def test_registry_errors_name_the_problem():
         get_scorer("maxlogit", temperature=2.0)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         get_scorer("msp")(torch.zeros(3, 4, 5))
+
+
+# -- every scorer, with what it needs: features, a bound network, fits, ensemble members ------------------------
+
+
+def _smoke_scorers() -> list[str]:
+    from anomaly_seg_ros.scoring.base import _REGISTRY
+
+    # head-specific scorers (void class, IsoMax+) need models trained for them and are tested with those
+    return [name for name in available_scorers() if not _REGISTRY[name].requires_head]
+
+
+@pytest.fixture(scope="module")
+def smoke_setup(tmp_path_factory):
+    """A small ERFNet, one forward pass with features and inputs, fit batches and a saved ensemble member."""
+    from anomaly_seg_ros.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("erfnet", num_classes=19).eval()
+    member = save_checkpoint(
+        build_model("erfnet", num_classes=19), tmp_path_factory.mktemp("smoke") / "member.safetensors", metadata={}
+    )
+    g = torch.Generator().manual_seed(0)
+    fit_batches = [(torch.rand(1, 3, 16, 32, generator=g), torch.randint(0, 19, (1, 16, 32), generator=g))]
+    inputs = torch.rand(2, 3, 16, 32, generator=g)
+    with torch.inference_mode():
+        output = model.forward_with_features(inputs)
+    output.inputs = inputs
+    return model, output, fit_batches, str(member)
+
+
+@pytest.mark.parametrize("name", _smoke_scorers())
+def test_every_scorer_smoke_shape_finite_device(smoke_setup, name):
+    model, output, fit_batches, member = smoke_setup
+    params = {"members": [member]} if name.startswith("ensemble") else {}
+    if name == "flowenedet":
+        params = {"steps": 5, "batch_pixels": 64, "max_pixels": 200}
+    scorer = get_scorer(name, **params)
+    scorer.bind(model)
+    if scorer.requires_fit:
+        scorer.fit(model, fit_batches)
+    with torch.inference_mode():
+        scores = scorer(output)
+    assert scores.shape == (2, 16, 32), name
+    assert scores.dtype == output.logits.dtype and scores.device == output.logits.device, name
+    assert torch.isfinite(scores).all(), name

@@ -35,6 +35,12 @@ class Scorer:
     requires_features: ClassVar[bool] = False
     #: True when the scorer needs statistics or a small model fitted on in-distribution data.
     requires_fit: ClassVar[bool] = False
+    #: True when ``compute`` needs the network handed to ``bind`` (PGU, ensembles, ODIN).
+    requires_model: ClassVar[bool] = False
+    #: True when the scorer cannot run in the live pipeline (ODIN: a backward pass per frame).
+    offline_only: ClassVar[bool] = False
+    #: True when the scorer only fits a model trained for it (void class, IsoMax+ head); ``bind`` rejects others.
+    requires_head: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         if params:
@@ -117,10 +123,28 @@ def get_scorer(name: str, **params: Any) -> Scorer:
         cls = _REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown scorer {name!r}; available: {', '.join(available_scorers())}") from None
+    # ``instance: true`` works with every scorer (seed 003 eq. 7), so it is handled here.
+    instance = params.pop("instance", False)
     try:
-        return cls(**params)
+        scorer = cls(**params)
     except TypeError as error:
         raise ConfigError(f"scorer {name!r}: bad parameters {params}: {error}") from None
+    if instance is False:
+        return scorer
+    from anomaly_seg_ros.scoring.instance import InstanceAggregated
+
+    return InstanceAggregated(scorer, instance)
+
+
+def logit_scorers() -> list[str]:
+    """Registered scorers computed from the logits alone: no features, no fit, no network."""
+    return [
+        name
+        for name, cls in sorted(_REGISTRY.items())
+        if not (
+            cls.requires_features or cls.requires_fit or cls.requires_model or cls.offline_only or cls.requires_head
+        )
+    ]
 
 
 ScoreFunction = Callable[[torch.Tensor], torch.Tensor]

@@ -29,7 +29,7 @@ from anomaly_seg_ros.labels import class_names
 from anomaly_seg_ros.perception import Perception, PerceptionResult
 from anomaly_seg_ros.replay import ReplayOptions, replay_bag
 from anomaly_seg_ros.report import anomaly_ratio, markdown_summary, plot_pr_curve, save_rgb, write_report
-from anomaly_seg_ros.scoring import available_scorers
+from anomaly_seg_ros.scoring import logit_scorers
 from anomaly_seg_ros.training import BEST_CHECKPOINT, load_train_config, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
     step = time.perf_counter()
     confusion = evaluate_segmentation(perception, CityscapesDataset(held_out["cityscapes_root"], "val"))
     per_scorer = {
-        "all_pixels": evaluate_scorers(perception, AnomalyDataset(held_out["anomaly_root"]), available_scorers()),
-        "road_only": evaluate_scorers(perception, AnomalyDataset(road_root), available_scorers()),
+        "all_pixels": evaluate_scorers(perception, AnomalyDataset(held_out["anomaly_root"]), logit_scorers()),
+        "road_only": evaluate_scorers(perception, AnomalyDataset(road_root), logit_scorers()),
     }
     timings["evaluate"] = time.perf_counter() - step
     print(f"[2/5] {weights}: held-out mIoU {confusion.miou():.3f}")
