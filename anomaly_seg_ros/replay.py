@@ -2,16 +2,23 @@
 
 The output bag holds the input topics (copied as raw CDR, untouched) and the outputs the
 node publishes, under the node's topic names, with the input image's stamp and frame_id.
-Malformed frames are counted with their reason and skipped; the run goes on. Where the bag
-carries ground truth, pixel metrics (pooled, streaming: memory does not grow with the bag)
-and per-obstacle detection delays are reported.
+Malformed frames are counted with their reason and skipped; the run goes on. Every camera
+frame leaves a :class:`FrameRecord` (stamps, status, per-stage timings, end to end from the
+stored bytes to the written outputs) and every alert track an :class:`AlertTrackRecord`.
+Where the bag carries ground truth, pixel metrics (pooled, streaming: memory does not grow
+with the bag), component metrics and per-obstacle detection delays are reported.
+
+Several bags (:func:`plan_outputs`, :func:`replay_bags`) are replayed one after the other with
+one pipeline; their pixels also go into pooled accumulators for the aggregated report of
+:mod:`anomaly_seg_ros.bag_report`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,10 +27,22 @@ import cv2
 import numpy as np
 
 from anomaly_seg_ros.alerts import Alert, bbox_iou
+from anomaly_seg_ros.bag_report import (
+    DECODE,
+    END_TO_END,
+    PUBLISH,
+    bag_duration_s,
+    delay_stats,
+    latency_stats,
+    missing_frames,
+    per_minute,
+    simulate_latest_slot,
+)
 from anomaly_seg_ros.bagio import BagWriter, iter_raw, list_topics
 from anomaly_seg_ros.errors import AnomalySegError, BagError, MessageConversionError
 from anomaly_seg_ros.ground import GroundModel
 from anomaly_seg_ros.metrics import StreamingOODMetrics
+from anomaly_seg_ros.metrics.components import ComponentMetrics
 from anomaly_seg_ros.perception import Perception, PerceptionResult
 from anomaly_seg_ros.ros import messages
 from anomaly_seg_ros.ros.conversions import image_to_array, message_to_rgb, stamp_to_ns
@@ -55,6 +74,8 @@ class ReplayOptions:
     camera_info_topic: str | None = None
     camera_height_m: float = 0.0
     camera_pitch_rad: float = 0.0
+    #: SMIYC size filters of the component metrics: "obstacle" (RoadObstacle21) or "anomaly".
+    component_track: Literal["obstacle", "anomaly"] = "obstacle"
 
 
 @dataclass
@@ -92,6 +113,79 @@ class ObstacleTrack:
 
 
 @dataclass
+class FrameRecord:
+    """One camera message of the bag: what happened to it and how long each step took."""
+
+    #: Position among the camera messages of the bag (rejected ones included).
+    index: int
+    #: Bag (receive) timestamp; always known, even for a frame that does not deserialise.
+    log_ns: int
+    #: Header stamp; None when the message did not deserialise.
+    stamp_ns: int | None
+    #: ``"ok"`` or the rejection reason (``MessageConversionError.reason``).
+    status: str = "ok"
+    alerts: int = 0
+    #: ``decode`` (CDR + image conversion), the perception stages and ``total``, ``publish``
+    #: (building and writing the outputs) and ``end_to_end`` (all of it). A rejected frame
+    #: has ``decode`` and ``end_to_end`` only: the time spent until it was refused.
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "frame": self.index,
+            "log_ns": self.log_ns,
+            "stamp_ns": self.stamp_ns,
+            "status": self.status,
+            "alerts": self.alerts,
+            "timings_ms": dict(self.timings_ms),
+        }
+
+
+@dataclass
+class AlertTrackRecord:
+    """One alert track (a confirmed obstacle, same ``track_id``) over the frames it was reported in."""
+
+    track_id: int
+    first_stamp_ns: int
+    first_frame: int
+    last_stamp_ns: int = 0
+    last_frame: int = 0
+    frames: int = 0
+    max_area_px: int = 0
+    max_score: float = float("-inf")
+    first_distance_m: float | None = None
+    min_distance_m: float | None = None
+
+    def add(self, stamp_ns: int, frame: int, alert: Alert, distance_m: float | None) -> None:
+        self.last_stamp_ns, self.last_frame = stamp_ns, frame
+        self.frames += 1
+        self.max_area_px = max(self.max_area_px, alert.component.area_px)
+        self.max_score = max(self.max_score, float(alert.component.max_score))
+        if distance_m is not None:
+            if self.first_distance_m is None and self.frames == 1:
+                self.first_distance_m = distance_m
+            self.min_distance_m = distance_m if self.min_distance_m is None else min(self.min_distance_m, distance_m)
+
+    def summary(self, start_ns: int) -> dict[str, Any]:
+        """Facts of the track; ``first_s``/``last_s`` are seconds since ``start_ns`` (the bag's first frame)."""
+        return {
+            "track_id": self.track_id,
+            "first_stamp_ns": self.first_stamp_ns,
+            "last_stamp_ns": self.last_stamp_ns,
+            "first_s": (self.first_stamp_ns - start_ns) * 1e-9,
+            "last_s": (self.last_stamp_ns - start_ns) * 1e-9,
+            "duration_s": (self.last_stamp_ns - self.first_stamp_ns) * 1e-9,
+            "first_frame": self.first_frame,
+            "last_frame": self.last_frame,
+            "frames": self.frames,
+            "max_area_px": self.max_area_px,
+            "max_score": self.max_score,
+            "first_distance_m": self.first_distance_m,
+            "min_distance_m": self.min_distance_m,
+        }
+
+
+@dataclass
 class ReplayReport:
     input: str
     output: str
@@ -99,26 +193,61 @@ class ReplayReport:
     gt_topic: str | None
     frames: int = 0
     processed: int = 0
+    #: Rejected messages of every topic by reason; ``rejected_by_topic`` splits them per topic.
     rejected: Counter = field(default_factory=Counter)
+    rejected_by_topic: dict[str, Counter] = field(default_factory=dict)
     last_rejection: str | None = None
-    latencies_ms: list[float] = field(default_factory=list)
-    stage_ms: dict[str, list[float]] = field(default_factory=dict)
+    #: Camera frames refused: (frame index, bag timestamp, reason, message).
+    rejected_frames: list[tuple[int, int, str, str]] = field(default_factory=list)
+    frame_records: list[FrameRecord] = field(default_factory=list)
+    alert_track_records: dict[int, AlertTrackRecord] = field(default_factory=dict)
+    #: Wall time of the replay loop (reading, processing, writing), for throughput.
+    wall_s: float = 0.0
     alerts: int = 0
     frames_with_alerts: int = 0
     gt_frames: int = 0
     pixel_metrics: dict[str, float] | None = None
+    component_metrics: dict[str, Any] | None = None
     obstacles: list[dict[str, Any]] = field(default_factory=list)
     #: (precision, recall, thresholds) of the pooled ground-truth pixels, for plotting.
     pr_curve: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: This bag's accumulators (for the aggregated report of a single bag).
+    pixel_accumulator: StreamingOODMetrics | None = field(default=None, repr=False)
+    component_accumulator: Any = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The bag's name: its folder name (or file stem for a single .mcap/.db3)."""
+        path = Path(self.input)
+        return path.stem if path.is_file() else path.name
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        """Perception time (``timings_ms["total"]``) of every processed frame."""
+        return [r.timings_ms["total"] for r in self.frame_records if r.status == "ok"]
+
+    @property
+    def stage_ms(self) -> dict[str, list[float]]:
+        """Per-frame times of each timing column, over the frames that have it."""
+        stages: dict[str, list[float]] = {}
+        for record in self.frame_records:
+            for stage, value in record.timings_ms.items():
+                stages.setdefault(stage, []).append(value)
+        return stages
 
     def summary(self) -> dict[str, Any]:
-        latency = np.asarray(self.latencies_ms, dtype=np.float64)
-        percentiles = (
-            {f"p{q}": float(np.percentile(latency, q)) for q in (50, 95, 99)} | {"max": float(latency.max())}
-            if latency.size
-            else {}
-        )
+        stages = self.stage_ms
+        log_stamps = [record.log_ns for record in self.frame_records]
+        duration = bag_duration_s(log_stamps)
+        start = min(log_stamps, default=0)
+        tracks = [track.summary(start) for track in self.alert_track_records.values()]
+        # a live node's worker decodes, perceives and publishes each frame; writing the outputs to the bag
+        # stands in for publishing (both serialise the same messages)
+        processing = [record.timings_ms[END_TO_END] for record in self.frame_records]
+        drops = simulate_latest_slot(log_stamps, processing)
+        frames_by_reason = Counter(reason for _, _, reason, _ in self.rejected_frames)
         return {
+            "name": self.name,
             "input": self.input,
             "output": self.output,
             "camera_topic": self.camera_topic,
@@ -126,14 +255,33 @@ class ReplayReport:
             "frames": self.frames,
             "processed": self.processed,
             "rejected": dict(self.rejected),
+            "rejected_by_topic": {topic: dict(counts) for topic, counts in self.rejected_by_topic.items()},
+            "rejected_frames_by_reason": dict(frames_by_reason),
+            "rejected_frames": [
+                {"frame": index, "log_ns": log_ns, "reason": reason, "message": message}
+                for index, log_ns, reason, message in self.rejected_frames
+            ],
             "last_rejection": self.last_rejection,
-            "latency_ms": percentiles,
-            "stage_ms_p50": {stage: float(np.median(values)) for stage, values in self.stage_ms.items()},
+            "bag_duration_s": duration,
+            "wall_s": self.wall_s,
+            "throughput_fps": self.processed / self.wall_s if self.wall_s > 0 else None,
+            "realtime_factor": duration / self.wall_s if duration and self.wall_s > 0 else None,
+            "latency_ms": latency_stats(self.latencies_ms),
+            "latency_by_stage_ms": {stage: latency_stats(values) for stage, values in stages.items()},
+            "stage_ms_p50": {stage: float(np.median(values)) for stage, values in stages.items()},
+            "realtime_drops": len(drops),
+            "realtime_dropped_frames": drops,
+            "missing_frames": missing_frames(log_stamps),
             "alerts": self.alerts,
             "frames_with_alerts": self.frames_with_alerts,
+            "alert_tracks": len(tracks),
+            "alerts_per_minute": per_minute(len(tracks), duration),
+            "alert_track_list": tracks,
             "gt_frames": self.gt_frames,
             "pixel_metrics": self.pixel_metrics,
+            "component_metrics": self.component_metrics,
             "obstacles": self.obstacles,
+            **delay_stats(self.obstacles),
         }
 
 
@@ -173,8 +321,11 @@ class _FrameOutcome:
 class _GroundTruthTracker:
     """Pairs results with ground-truth masks by stamp and follows each GT obstacle over time."""
 
-    def __init__(self, overlap: float) -> None:
+    def __init__(self, overlap: float, components: ComponentMetrics, pooled: PooledMetrics | None = None) -> None:
         self.metrics = StreamingOODMetrics()
+        self.components = components
+        #: Accumulators shared by all bags of a run: pixels are pooled, not per-bag values averaged.
+        self.pooled = pooled
         self.overlap = overlap
         self.pending: OrderedDict[int, _FrameOutcome] = OrderedDict()
         self.truth: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -203,8 +354,18 @@ class _GroundTruthTracker:
                 f"ground-truth mask has shape {mask.shape}, expected the camera frame's {outcome.anomaly.shape}",
                 reason="gt_size",
             )
+        if not np.isin(mask, (0, 1, 255)).all():
+            values = ", ".join(str(v) for v in np.unique(mask)[:8])
+            raise MessageConversionError(
+                f"ground-truth mask has values {values}, expected 0 (in-distribution), 1 (anomaly), 255 (ignore)",
+                reason="gt_values",
+            )
         self.frames += 1
         self.metrics.update(outcome.anomaly, mask)
+        _update_components(self.components, outcome, mask)
+        if self.pooled is not None:
+            self.pooled.pixels.update(outcome.anomaly, mask)
+            _update_components(self.pooled.components, outcome, mask)
         self._follow(stamp_ns, outcome, mask)
 
     def _follow(self, stamp_ns: int, outcome: _FrameOutcome, mask: np.ndarray) -> None:
@@ -243,6 +404,66 @@ def _distance(ground: GroundModel | None, point: tuple[int, int] | None) -> floa
     return float(estimate.distance_m[0]) if bool(estimate.valid[0]) else None
 
 
+@dataclass
+class PooledMetrics:
+    """Accumulators that every bag of a run feeds: the aggregated report's pooled metrics."""
+
+    pixels: StreamingOODMetrics = field(default_factory=StreamingOODMetrics)
+    #: A :class:`~anomaly_seg_ros.metrics.components.ComponentMetrics`, see :func:`new_component_metrics`.
+    components: ComponentMetrics | None = None
+
+
+def new_component_metrics(threshold: float, track: str) -> ComponentMetrics:
+    """SMIYC component metrics (sIoU_gt, PPV, F1 over tau = 0.25..0.75; Chan et al., arXiv 2104.14812)
+    at the pipeline's alert threshold.
+
+    Deviation from the benchmark: SMIYC thresholds at the best pixel F1 of the whole dataset,
+    which needs a second pass over all scores; a replay evaluates the system as deployed, so
+    the prediction is ``score > alerts threshold``, the pixels that can raise alerts. ``track``
+    picks the SMIYC size filters (``"obstacle"``: ground-truth components under 10 px void,
+    predicted ones under 50 px dropped; ``"anomaly"``: 100 / 500).
+    """
+    return ComponentMetrics(threshold, track)
+
+
+def _update_components(accumulator: ComponentMetrics | None, outcome: _FrameOutcome, truth: np.ndarray) -> None:
+    if accumulator is not None:
+        accumulator.update_mask(outcome.anomaly > outcome.threshold, truth)
+
+
+def component_summary(accumulator: ComponentMetrics | None) -> dict[str, Any] | None:
+    """JSON-ready component metrics (NaN, e.g. PPV without predictions, as None); None without frames."""
+    if accumulator is None or accumulator.num_frames == 0:
+        return None
+    return _no_nan(accumulator.summary())
+
+
+def pixel_summary(accumulator: StreamingOODMetrics | None) -> dict[str, Any] | None:
+    """JSON-ready pooled AP / FPR95 / AUROC; None when they are undefined.
+
+    A recording whose ground truth has no anomaly pixel (an empty stretch of road) or only
+    anomaly pixels is valid; it has no AP, but its frames still count and still enter the
+    pooled metrics of a multi-bag run.
+    """
+    if accumulator is None:
+        return None
+    try:
+        return _plain_metrics(accumulator.summary())
+    except ValueError as error:
+        log.info("no pixel metrics: %s", error)
+        return None
+
+
+def _no_nan(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _no_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nan(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def replay_bag(
     bag: str | Path,
     out: str | Path,
@@ -251,11 +472,13 @@ def replay_bag(
     *,
     on_frame: Callable[[int, np.ndarray, PerceptionResult], None] | None = None,
     progress: bool = False,
+    pooled: PooledMetrics | None = None,
 ) -> ReplayReport:
     """Replay ``bag`` through ``perception`` into a new bag at ``out``; return the report.
 
     ``on_frame(index, frame, result)`` is called for every processed frame (the demo uses it
-    to save overlay images).
+    to save overlay images). ``pooled`` accumulators, shared by several calls, also receive
+    every ground-truth frame (see :func:`replay_bags`).
     """
     from tqdm import tqdm
 
@@ -264,13 +487,16 @@ def replay_bag(
     camera_topic, camera_type, gt_topic = find_topics(bag, options)
     typestore = get_typestore()
     report = ReplayReport(str(bag), str(out), camera_topic, gt_topic)
-    truth = _GroundTruthTracker(options.detection_overlap) if gt_topic else None
+    components = new_component_metrics(perception.threshold, options.component_track)
+    truth = _GroundTruthTracker(options.detection_overlap, components, pooled) if gt_topic else None
     outputs = messages.output_topics(options.namespace)
     topics = list_topics(bag)
     total = topics[camera_topic][1]
     info_topic = _camera_info_topic(topics, options) if options.camera_height_m > 0 else None
     ground: GroundModel | None = None
     perception.reset()
+    clock = time.perf_counter
+    started = clock()
 
     with BagWriter(out, storage=options.storage, typestore=typestore) as writer:
         for topic, msgtype in outputs.items():
@@ -284,55 +510,180 @@ def replay_bag(
                     msg = typestore.deserialize_cdr(raw.rawdata, raw.msgtype)
                     truth.add_truth(stamp_to_ns(msg.header), image_to_array(msg))
                 except (MessageConversionError, AnomalySegError) as error:
-                    _reject(report, error, f"{gt_topic}: ")
+                    _reject(report, error, raw.topic)
+                except Exception as error:  # a CDR payload that does not even deserialise
+                    _reject(
+                        report, MessageConversionError(f"undecodable ground truth: {error}", reason="cdr"), raw.topic
+                    )
                 continue
             if raw.topic == info_topic:
                 try:
                     info = typestore.deserialize_cdr(raw.rawdata, raw.msgtype)
                     ground = GroundModel.from_camera_info(info, options.camera_height_m, options.camera_pitch_rad)
                 except ValueError as error:
-                    _reject(report, MessageConversionError(f"{info_topic}: {error}", reason="camera_info"))
+                    _reject(report, MessageConversionError(f"{error}", reason="camera_info"), raw.topic)
                 continue
             if raw.topic != camera_topic:
                 continue
-            report.frames += 1
             bar.update(1)
-            try:
-                msg = typestore.deserialize_cdr(raw.rawdata, raw.msgtype)
-                frame = message_to_rgb(msg)
-            except MessageConversionError as error:
-                _reject(report, error)
-                continue
-            except Exception as error:  # a CDR payload that does not even deserialise
-                _reject(report, MessageConversionError(f"undecodable {camera_type}: {error}", reason="cdr"))
-                continue
-            result = perception.process(frame)
-            report.processed += 1
-            report.latencies_ms.append(result.timings_ms["total"])
-            for stage, value in result.timings_ms.items():
-                report.stage_ms.setdefault(stage, []).append(value)
-            report.alerts += len(result.alerts)
-            report.frames_with_alerts += bool(result.alerts)
-            for topic, message in messages.build_outputs(
-                typestore, msg.header, result, options.namespace, ground
-            ).items():
-                writer.write(topic, message, raw.timestamp_ns)
-            if truth is not None:
-                try:
-                    outcome = _FrameOutcome(report.processed - 1, result.anomaly, result.alerts, result.threshold)
-                    truth.add_result(stamp_to_ns(msg.header), outcome)
-                except MessageConversionError as error:
-                    _reject(report, error, f"{gt_topic}: ")
-            if on_frame is not None:
-                on_frame(report.processed - 1, frame, result)
+            _replay_frame(report, raw, typestore, perception, writer, options, ground, truth, on_frame)
         bar.close()
+    report.wall_s = clock() - started
 
     if truth is not None and truth.frames:
         report.gt_frames = truth.frames
-        report.pixel_metrics = _plain_metrics(truth.metrics.summary())
+        report.pixel_metrics = pixel_summary(truth.metrics)
+        report.pixel_accumulator = truth.metrics
+        report.component_accumulator = truth.components
+        report.component_metrics = component_summary(truth.components)
         report.obstacles = [track.summary(ground) for track in truth.tracks]
-        report.pr_curve = truth.metrics.pr_curve()
+        report.pr_curve = truth.metrics.pr_curve() if report.pixel_metrics is not None else None
     return report
+
+
+def _replay_frame(
+    report: ReplayReport,
+    raw: Any,
+    typestore: Any,
+    perception: Perception,
+    writer: BagWriter,
+    options: ReplayOptions,
+    ground: GroundModel | None,
+    truth: _GroundTruthTracker | None,
+    on_frame: Callable[[int, np.ndarray, PerceptionResult], None] | None,
+) -> None:
+    """One camera message: decode, perceive, write the outputs, record timings, alert tracks and ground truth."""
+    clock = time.perf_counter
+    started = clock()
+    record = FrameRecord(report.frames, raw.timestamp_ns, None)
+    report.frames += 1
+    report.frame_records.append(record)
+    decoded = None
+    try:
+        try:
+            msg = typestore.deserialize_cdr(raw.rawdata, raw.msgtype)
+        except Exception as error:  # a CDR payload that does not even deserialise
+            raise MessageConversionError(f"undecodable {raw.msgtype}: {error}", reason="cdr") from error
+        record.stamp_ns = stamp_to_ns(msg.header)
+        frame = message_to_rgb(msg)
+        decoded = clock()
+        result = perception.process(frame)
+    except (MessageConversionError, AnomalySegError) as error:
+        reason = getattr(error, "reason", "perception")
+        refused = clock()
+        record.status = reason
+        record.timings_ms = {DECODE: ((decoded or refused) - started) * 1e3, END_TO_END: (refused - started) * 1e3}
+        report.rejected_frames.append((record.index, record.log_ns, reason, str(error)))
+        _reject(report, error, raw.topic)
+        return
+    perceived = clock()
+    stamp_ns = record.stamp_ns
+    for topic, message in messages.build_outputs(typestore, msg.header, result, options.namespace, ground).items():
+        writer.write(topic, message, raw.timestamp_ns)
+    finished = clock()
+    # frame numbers in tracks and obstacles are camera-message positions, as in frames.csv
+    index = record.index
+    report.processed += 1
+    record.alerts = len(result.alerts)
+    record.timings_ms = (
+        {DECODE: (decoded - started) * 1e3}
+        | result.timings_ms
+        | {PUBLISH: (finished - perceived) * 1e3, END_TO_END: (finished - started) * 1e3}
+    )
+    report.alerts += len(result.alerts)
+    report.frames_with_alerts += bool(result.alerts)
+    for alert in result.alerts:
+        track = report.alert_track_records.get(alert.track_id)
+        if track is None:
+            track = report.alert_track_records[alert.track_id] = AlertTrackRecord(alert.track_id, stamp_ns, index)
+        track.add(stamp_ns, index, alert, _distance(ground, alert.component.bottom_point))
+    if truth is not None:
+        try:
+            truth.add_result(stamp_ns, _FrameOutcome(index, result.anomaly, result.alerts, result.threshold))
+        except MessageConversionError as error:
+            _reject(report, error, report.gt_topic or "")
+    if on_frame is not None:
+        on_frame(report.processed - 1, frame, result)
+
+
+def is_bag(path: Path) -> bool:
+    """A rosbag2 folder (has metadata.yaml) or a single .mcap / .db3 file."""
+    return (path.is_dir() and (path / "metadata.yaml").is_file()) or (
+        path.is_file() and path.suffix in (".mcap", ".db3")
+    )
+
+
+def plan_outputs(paths: Sequence[str | Path], out: str | Path) -> list[tuple[Path, Path]]:
+    """``(input bag, output bag)`` pairs for ``anomaly-seg bag PATH... --out OUT``.
+
+    One path that is itself a bag: the output bag is ``OUT`` (as before). Otherwise every
+    path is a bag or a folder of bags (its subfolders that are rosbag2 folders, by name), and
+    each output bag is ``OUT/<bag name>``. Everything is checked before a single frame is
+    replayed, so an hour-long run does not stop at its last bag.
+
+    Raises:
+        BagError: a path is neither a bag nor a folder with bags, two bags share a name, or
+            an output bag exists already.
+    """
+    paths, out = [Path(p) for p in paths], Path(out)
+    if not paths:
+        raise BagError("no input bags given; expected rosbag2 folders or a folder that contains them")
+    if len(paths) == 1 and is_bag(paths[0]):
+        pairs = [(paths[0], out)]
+    else:
+        bags: list[Path] = []
+        for path in paths:
+            if is_bag(path):
+                bags.append(path)
+            elif path.is_dir() and (found := sorted(p for p in path.iterdir() if is_bag(p))):
+                bags += found
+            else:
+                raise BagError(
+                    f"{path} is neither a rosbag2 bag (a folder with metadata.yaml, or a .mcap/.db3 file) "
+                    "nor a folder that contains bags"
+                )
+        names: dict[str, Path] = {}
+        unique: dict[Path, Path] = {}
+        for bag in bags:  # the same bag named twice (itself and through its folder) runs once
+            unique.setdefault(bag.resolve(), bag)
+        for bag in unique.values():
+            name = bag.stem if bag.is_file() else bag.name
+            if name in names:
+                raise BagError(f"two input bags are named {name!r} ({names[name]} and {bag}); outputs go to OUT/<name>")
+            names[name] = bag
+        pairs = [(bag, out / name) for name, bag in names.items()]
+    for _, target in pairs:
+        if target.exists():
+            raise BagError(f"output bag {target} exists already; choose a new --out or remove it")
+    return pairs
+
+
+@dataclass
+class MultiReplay:
+    """Reports of the bags of one run and the accumulators they all fed."""
+
+    reports: list[ReplayReport]
+    pooled: PooledMetrics
+
+
+def replay_bags(
+    pairs: Sequence[tuple[Path, Path]],
+    perception: Perception,
+    options: ReplayOptions | None = None,
+    *,
+    progress: bool = False,
+) -> MultiReplay:
+    """Replay each ``(input, output)`` pair with the same pipeline (alert tracks reset per bag)."""
+    options = options or ReplayOptions()
+    for bag, _ in pairs:  # topic problems surface before the first bag is replayed
+        find_topics(bag, options)
+    pooled = PooledMetrics(components=new_component_metrics(perception.threshold, options.component_track))
+    reports = []
+    for bag, target in pairs:
+        if progress:
+            log.info("replaying %s into %s", bag, target)
+        reports.append(replay_bag(bag, target, perception, options, progress=progress, pooled=pooled))
+    return MultiReplay(reports, pooled)
 
 
 def _camera_info_topic(topics: dict[str, tuple[str, int]], options: ReplayOptions) -> str:
@@ -350,10 +701,11 @@ def _camera_info_topic(topics: dict[str, tuple[str, int]], options: ReplayOption
     return candidates[0]
 
 
-def _reject(report: ReplayReport, error: MessageConversionError | AnomalySegError, prefix: str = "") -> None:
-    reason = getattr(error, "reason", "invalid")
+def _reject(report: ReplayReport, error: MessageConversionError | AnomalySegError, topic: str) -> None:
+    reason = getattr(error, "reason", "perception")
     report.rejected[reason] += 1
-    report.last_rejection = f"{prefix}{error}"
+    report.rejected_by_topic.setdefault(topic, Counter())[reason] += 1
+    report.last_rejection = f"{topic}: {error}"
     log.warning("skipped a message (%s): %s", reason, error)
 
 

@@ -1,25 +1,34 @@
-"""``anomaly-seg bag``: replay a rosbag2 through the perception pipeline into an output bag."""
+"""``anomaly-seg bag``: replay rosbag2 recordings through the perception pipeline into output bags and one
+evaluation report (latency, throughput, rejections, alerts and, with ground truth, pixel, component and
+detection-delay metrics; see :mod:`anomaly_seg_ros.bag_report`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from anomaly_seg_ros.bag_report import markdown_report, write_bag_report
 from anomaly_seg_ros.config import load_config
 from anomaly_seg_ros.perception import Perception
-from anomaly_seg_ros.replay import ReplayOptions, replay_bag
-from anomaly_seg_ros.report import markdown_summary, write_report
+from anomaly_seg_ros.replay import ReplayOptions, plan_outputs, replay_bags
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bag",
-        help="replay a rosbag2 (mcap or sqlite3) through the pipeline into an output bag",
+        help="replay rosbag2 recordings (mcap or sqlite3) through the pipeline: output bags and a report",
         description="Run every frame of the camera topic through the perception core and write an "
-        "output bag with the input topics plus masks, heatmaps, overlays and obstacle alerts.",
+        "output bag with the input topics plus masks, heatmaps, overlays and obstacle alerts, and one "
+        "evaluation report (report.md, report.json, frames.csv, tracks.csv, obstacles.csv, plots) over all bags.",
     )
-    parser.add_argument("bag", help="input rosbag2 folder")
-    parser.add_argument("--out", required=True, help="output bag folder (must not exist)")
+    parser.add_argument(
+        "bag", nargs="+", help="input rosbag2 folder(s) or .mcap/.db3 file(s), or a folder that contains bags"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output bag (one input bag) or folder of output bags OUT/<bag name> (several); bags must not exist",
+    )
     parser.add_argument("--weights", help="checkpoint (sets model.weights)")
     parser.add_argument("--config", help="perception YAML (see config/perception.yaml)")
     parser.add_argument("--topic", help="camera topic (found by itself when the bag has one image topic)")
@@ -32,9 +41,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output bag storage")
     parser.add_argument("--report", help="report folder (default: OUT_report)")
     parser.add_argument(
+        "--component-track",
+        choices=("obstacle", "anomaly"),
+        default="obstacle",
+        help="SMIYC size filters of the component metrics (obstacle: 10/50 px, anomaly: 100/500 px)",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. alerts.threshold=0.5"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-plots", action="store_true", help="no PNG plots in the report (faster)")
     parser.set_defaults(run=run)
 
 
@@ -49,11 +65,19 @@ def run(args: argparse.Namespace) -> int:
         camera_info_topic=args.camera_info_topic,
         camera_height_m=args.camera_height,
         camera_pitch_rad=args.camera_pitch,
+        component_track=args.component_track,
     )
-    report = replay_bag(args.bag, args.out, perception, options, progress=not args.no_progress)
+    pairs = plan_outputs(args.bag, args.out)
+    replayed = replay_bags(pairs, perception, options, progress=not args.no_progress)
     folder = Path(args.report or f"{args.out.rstrip('/')}_report")
-    summary = report.summary()
-    write_report(folder, summary)
-    print(markdown_summary(summary), end="")
+    pooled = replayed.pooled if len(pairs) > 1 else None  # one bag: its own accumulators are the pooled ones
+    document = write_bag_report(
+        folder,
+        replayed.reports,
+        pixel_metrics=pooled.pixels if pooled else None,
+        component_metrics=pooled.components if pooled else None,
+        plots=not args.no_plots,
+    )
+    print(markdown_report(document, plots=not args.no_plots), end="")
     print(f"report written to {folder}")
     return 0
