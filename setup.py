@@ -37,6 +37,7 @@ setup(
         "safetensors>=0.4",
         "PyYAML>=6.0",
         "tqdm>=4.60",
+        "tensorboard>=2.10",
         "matplotlib>=3.7",
     ],
     extras_require={"test": ["pytest>=7", "scikit-learn>=1.3", "ruff>=0.4"]},
