@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from anomaly_seg_ros.errors import ConfigError
 from anomaly_seg_ros.inference.preprocess import resize_images, resize_labels
@@ -27,6 +28,13 @@ from anomaly_seg_ros.labels import IGNORE_INDEX
 _LUMA = (0.299, 0.587, 0.114)
 #: Uniform draws per sample: scale, crop y, crop x, flip, brightness, contrast, saturation.
 _DRAWS = 7
+
+
+def _resize_nearest(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(H, W) float map -> ``size`` by nearest neighbour, the rule :func:`resize_labels` uses."""
+    if tuple(values.shape) == tuple(size):
+        return values
+    return F.interpolate(values[None, None], size=tuple(size), mode="nearest")[0, 0]
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -81,43 +89,64 @@ class Augmentation:
         return tuple(self.crop_size or self.input_size)
 
     def __call__(
-        self, image: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3, H, W) uint8 image and (H, W) integer labels -> the same at ``output_size`` (uint8 both)."""
+        self,
+        image: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator,
+        weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(3, H, W) uint8 image and (H, W) integer labels -> the same at ``output_size`` (uint8 both).
+
+        ``weights``, an optional (H, W) float map aligned with the labels (the instance
+        uncertainty of seed 003), moves with the labels (nearest neighbour, 0 where padded) and
+        is returned as a third tensor.
+        """
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be a (3, H, W) uint8 tensor, got {tuple(image.shape)} {image.dtype}")
         if labels.shape != image.shape[1:]:
             raise ValueError(f"labels {tuple(labels.shape)} must match the image size {tuple(image.shape[1:])}")
+        if weights is not None and weights.shape != labels.shape:
+            raise ValueError(f"weights {tuple(weights.shape)} must match the labels {tuple(labels.shape)}")
         draws = torch.rand(_DRAWS, generator=generator, dtype=torch.float64).tolist()
         low, high = self.scale_range
         scale = low + (high - low) * draws[0]
         size = (max(1, round(self.input_size[0] * scale)), max(1, round(self.input_size[1] * scale)))
         image = resize_images(image[None], size)[0]
         labels = resize_labels(labels[None], size)[0]
+        if weights is not None:
+            weights = _resize_nearest(weights.float(), size)
         image, labels = self._crop_or_pad(image, labels, draws[1], draws[2])
+        if weights is not None:
+            weights = self._crop_or_pad_map(weights, draws[1], draws[2])
         if self.hflip and draws[3] < 0.5:
             image, labels = image.flip(-1), labels.flip(-1)
+            weights = None if weights is None else weights.flip(-1)
         if self.brightness or self.contrast or self.saturation:
             image = self._jitter(image, draws[4:7])
-        return image.contiguous(), labels.contiguous()
+        if weights is None:
+            return image.contiguous(), labels.contiguous()
+        return image.contiguous(), labels.contiguous(), weights.contiguous()
 
     def _crop_or_pad(
         self, image: torch.Tensor, labels: torch.Tensor, u_y: float, u_x: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        canvas = self._crop_or_pad_map(image, u_y, u_x, fill=0)
+        return canvas, self._crop_or_pad_map(labels, u_y, u_x, fill=IGNORE_INDEX)
+
+    def _crop_or_pad_map(self, values: torch.Tensor, u_y: float, u_x: float, *, fill: float = 0) -> torch.Tensor:
+        """A window of ``output_size`` from ``(..., H, W)`` values, padded with ``fill`` where they are smaller."""
         out_h, out_w = self.output_size
-        height, width = labels.shape
+        height, width = values.shape[-2:]
         if (height, width) == (out_h, out_w):
-            return image, labels
-        # Per axis: a random window when the image is larger, a random placement when smaller.
+            return values
+        # Per axis: a random window when the map is larger, a random placement when smaller.
         dy, dx = int(u_y * (abs(height - out_h) + 1)), int(u_x * (abs(width - out_w) + 1))
         src_y, dst_y = (dy, 0) if height >= out_h else (0, dy)
         src_x, dst_x = (dx, 0) if width >= out_w else (0, dx)
         h, w = min(height, out_h), min(width, out_w)
-        canvas = torch.zeros((3, out_h, out_w), dtype=image.dtype)
-        canvas_labels = torch.full((out_h, out_w), IGNORE_INDEX, dtype=labels.dtype)
-        canvas[:, dst_y : dst_y + h, dst_x : dst_x + w] = image[:, src_y : src_y + h, src_x : src_x + w]
-        canvas_labels[dst_y : dst_y + h, dst_x : dst_x + w] = labels[src_y : src_y + h, src_x : src_x + w]
-        return canvas, canvas_labels
+        canvas = torch.full((*values.shape[:-2], out_h, out_w), fill, dtype=values.dtype)
+        canvas[..., dst_y : dst_y + h, dst_x : dst_x + w] = values[..., src_y : src_y + h, src_x : src_x + w]
+        return canvas
 
     def _jitter(self, image: torch.Tensor, draws: list[float]) -> torch.Tensor:
         x = image.float()

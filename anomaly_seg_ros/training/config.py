@@ -77,6 +77,12 @@ class TrainConfig:
     sync_batchnorm: bool = True
     #: TensorBoard event files under OUT/tensorboard (CSV logs are always written).
     tensorboard: bool = True
+    #: Instance-wise uncertainty weighting CE * (1 + IU)^2 (seed 003): "none"; "precomputed" reads the IU
+    #: maps under ``iu_masks`` (written by ``anomaly-seg iu-masks``); "cotrain" trains the networks named
+    #: in ``iu_members`` together, weighting each by the IU of their joint prediction.
+    iu_mode: Literal["none", "precomputed", "cotrain"] = "none"
+    iu_masks: str = ""
+    iu_members: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         checks = [
@@ -114,6 +120,12 @@ class TrainConfig:
                 "device",
                 "'auto', 'cpu', 'cuda' or 'cuda:N'",
             ),
+            (
+                self.iu_mode != "precomputed" or bool(self.iu_masks),
+                "iu_masks",
+                "the IU mask folder for iu_mode precomputed",
+            ),
+            (self.iu_mode != "cotrain" or len(self.iu_members) >= 2, "iu_members", "2 or more model names for cotrain"),
         ]
         for ok, key, expected in checks:
             if not ok:

@@ -38,8 +38,10 @@ class SegmentationSamples(Dataset):
         augmentation: Augmentation | None = None,
         num_classes: int = 19,
         seed: int = 0,
+        iu_masks: str | Path | None = None,
     ) -> None:
         self.items = CityscapesDataset(root, split, num_classes=num_classes)
+        self.iu_masks = iu_masks
         self.augmentation = augmentation or Augmentation(tuple(input_size), hflip=hflip)
         self.seed = seed
         self.epoch = 0
@@ -50,11 +52,18 @@ class SegmentationSamples(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        """(image, labels), plus the instance-uncertainty map moved with the labels when ``iu_masks`` is set."""
         image, labels = self.items[index]
         image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         labels_t = torch.from_numpy(np.ascontiguousarray(labels))
         generator = sample_generator(self.seed, self.epoch, index)
+        if self.iu_masks:
+            from anomaly_seg_ros.training.instance_uncertainty import read_iu_mask
+
+            iu = torch.from_numpy(read_iu_mask(self.iu_masks, self.items, index, labels.shape))
+            image_t, labels_t, iu = self.augmentation(image_t, labels_t, generator, iu)
+            return image_t, labels_t.long(), iu
         image_t, labels_t = self.augmentation(image_t, labels_t, generator)
         return image_t, labels_t.long()
 
@@ -79,6 +88,7 @@ def training_samples(config: TrainConfig) -> SegmentationSamples:
         augmentation=augmentation_from_config(config),
         num_classes=config.num_classes,
         seed=config.seed,
+        iu_masks=config.iu_masks if config.iu_mode == "precomputed" else None,
     )
 
 

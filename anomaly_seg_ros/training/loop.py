@@ -34,7 +34,7 @@ from anomaly_seg_ros.config import _to_plain
 from anomaly_seg_ros.errors import CheckpointError, ConfigError
 from anomaly_seg_ros.inference.preprocess import normalize_images
 from anomaly_seg_ros.labels import IGNORE_INDEX, NUM_CITYSCAPES_CLASSES, TRAIN_ID, class_names
-from anomaly_seg_ros.losses import build_criterion
+from anomaly_seg_ros.losses import build_criterion, iu_pixel_weights
 from anomaly_seg_ros.metrics import ConfusionMatrix
 from anomaly_seg_ros.models import build_model, load_weights, model_defaults, save_checkpoint
 from anomaly_seg_ros.models.outputs import SegmentationOutput
@@ -282,8 +282,17 @@ def train(
     Writes ``best.safetensors`` / ``last.safetensors`` (weights + metadata), ``trainer_state.pt``
     (optimizer, scheduler, grad scaler, RNG states, class weights: what ``resume`` restores),
     ``history.json``, ``log.csv`` and TensorBoard events. Under ``torchrun`` every process calls
-    this; ``batch_size`` is the global batch. Returns the per-epoch history (on every rank).
+    this; ``batch_size`` is the global batch. Returns the per-epoch history (on every rank); a
+    ``iu_mode: cotrain`` run returns nothing here and writes each member's history instead
+    (:func:`~anomaly_seg_ros.training.instance_uncertainty.train_cotrained`).
     """
+    if config.iu_mode == "cotrain":
+        from anomaly_seg_ros.training.instance_uncertainty import train_cotrained
+
+        if resume:
+            raise ConfigError("train.iu_mode: cotrain runs cannot be resumed; fine-tune a member checkpoint instead")
+        train_cotrained(config, out_dir, progress=progress)
+        return []
     context = setup_distributed(config.device)
     try:
         return _train(config, Path(out_dir), context, resume=resume, progress=progress)
@@ -415,13 +424,15 @@ def _train(
             batches = tqdm(
                 loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and main), leave=False
             )
-            for images, labels in batches:
+            for images, labels, *iu in batches:
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
+                # Precomputed instance uncertainty (seed 003): CE * (1 + IU)^2.
+                pixel_weights = iu_pixel_weights(iu[0].to(device, non_blocking=True)) if iu else None
                 inputs = normalize_images(images, tuple(images.shape[-2:]), normalization["mean"], normalization["std"])
                 with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                     output = _as_output(net(inputs))
-                    loss = criterion(output, labels)
+                    loss = criterion(output, labels, pixel_weights=pixel_weights)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
