@@ -36,8 +36,30 @@ class ModelConfig:
     input_size: tuple[int, int] | None = None
     #: Torch device: cpu, cuda or cuda:N.
     device: str = "cpu"
-    #: Inference backend: eager PyTorch, or torch.compile.
-    backend: Literal["eager", "compile"] = "eager"
+    #: Inference backend: auto (the fastest available on the device: tensorrt, then compile on
+    #: CUDA; eager on CPU, measured fastest there), tensorrt (Torch-TensorRT), compile
+    #: (torch.compile) or eager PyTorch.
+    backend: Literal["auto", "tensorrt", "compile", "eager"] = "auto"
+    #: Arithmetic precision of the network: fp32, fp16 (CUDA only) or int8 (TensorRT only,
+    #: calibrated on int8_calibration images).
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    #: When the requested backend or precision cannot run here, fall back along
+    #: tensorrt -> compile -> eager (and to fp32) with a logged reason instead of failing.
+    fallback: bool = True
+    #: torch.compile mode of the compile backend.
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    #: Replay the fixed-shape forward as a CUDA graph (CUDA only; eager and compile backends).
+    cuda_graphs: bool = False
+    #: CPU threads of PyTorch (torch.set_num_threads); 0 = leave PyTorch's default.
+    threads: int = 0
+    #: Folder of compiled engines (see `anomaly-seg export`); null = compile at every start.
+    engine_cache: str | None = None
+    #: Image folder (png/jpg, searched recursively) of INT8 calibration frames; required for int8.
+    int8_calibration: str | None = None
+    #: Number of calibration images read from int8_calibration.
+    int8_calibration_images: int = 64
+    #: Data type of the published anomaly heatmap (float16 halves the device-to-host copy).
+    heatmap_dtype: Literal["float32", "float16"] = "float32"
 
     def validate(self, prefix: str) -> None:
         _check(self.num_classes >= 2, prefix, "num_classes", "an integer >= 2", self.num_classes)
@@ -56,6 +78,16 @@ class ModelConfig:
             "device",
             "'cpu', 'cuda' or 'cuda:N'",
             self.device,
+        )
+        _check(
+            0 <= self.threads <= 1024, prefix, "threads", "an integer in 0..1024 (0 = PyTorch's default)", self.threads
+        )
+        _check(
+            self.int8_calibration_images >= 1,
+            prefix,
+            "int8_calibration_images",
+            "an integer >= 1",
+            self.int8_calibration_images,
         )
 
 
@@ -212,6 +244,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} items, got {value!r}")
         return tuple(_coerce(item, arg, f"{key}[{i}]") for i, (item, arg) in enumerate(zip(value, args, strict=True)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(item, args[0], f"{key}[{i}]") for i, item in enumerate(value)] if args else list(value)
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")

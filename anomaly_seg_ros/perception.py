@@ -21,10 +21,19 @@ from torch import nn
 from anomaly_seg_ros import alerts as alerting
 from anomaly_seg_ros.config import PerceptionConfig, replace_config
 from anomaly_seg_ros.errors import ConfigError
-from anomaly_seg_ros.inference.preprocess import frame_to_tensor, normalize_images, resize_labels, resize_scores
+from anomaly_seg_ros.inference.backends import BackendRequest, InferenceBackend, configure_threads, select_backend
+from anomaly_seg_ros.inference.preprocess import (
+    FrameTransfer,
+    check_frame,
+    frame_labels,
+    frame_scores,
+    labels_from_logits,
+    normalize_images,
+)
 from anomaly_seg_ros.models import load_model, model_defaults
 from anomaly_seg_ros.models.outputs import SegmentationOutput
-from anomaly_seg_ros.scoring import Scorer, get_scorer
+from anomaly_seg_ros.scoring import Scorer, get_scorer, prepare_scorer
+from anomaly_seg_ros.scoring.base import TemperatureScorer
 from anomaly_seg_ros.visualization import colorize, overlay
 
 #: Keys of the configuration that may change while the pipeline runs (no model reload).
@@ -59,11 +68,30 @@ class Perception:
         )
         self.mean = tuple(self.metadata.get("mean") or defaults["mean"])
         self.std = tuple(self.metadata.get("std") or defaults["std"])
+        self.threads = configure_threads(config.model.threads)
         self.model = model.to(self.device).eval()
-        self._forward = torch.compile(self.model) if config.model.backend == "compile" else self.model
+        request = BackendRequest.from_config(config.model, input_size=self.input_size, mean=self.mean, std=self.std)
+        #: The network as it runs: ``backend.name`` is the backend actually in use,
+        #: ``backend.skipped`` says why faster ones were not (see inference/backends.py).
+        self.backend: InferenceBackend = select_backend(self.model, request)
+        # float16 halves the device-to-host copy of the heatmap; on CPU there is no copy to save.
+        self._heatmap_dtype = (
+            torch.float16 if config.model.heatmap_dtype == "float16" and self.device.type == "cuda" else torch.float32
+        )
+        self._transfer = FrameTransfer(self.device)
+        #: Synchronise CUDA after every stage so ``timings_ms`` charges GPU work to its stage
+        #: (costs the copy/compute overlap; turn off on the vehicle when stage timings are not read).
+        self.sync_stage_timings = True
         self.config = config
         self._apply_runtime(config)
+        if self.scorer.requires_features:
+            self.backend.build_features()  # compile now, not on the first frame
         self.tracker = alerting.AlertTracker.from_config(config.alerts)
+
+    @property
+    def backend_name(self) -> str:
+        """The backend that actually runs (``tensorrt``, ``compile`` or ``eager``)."""
+        return self.backend.name
 
     @classmethod
     def from_config(cls, config: PerceptionConfig) -> Perception:
@@ -79,6 +107,15 @@ class Perception:
 
     def _apply_runtime(self, config: PerceptionConfig) -> None:
         scorer = get_scorer(config.scorer.name, **config.scorer.params)
+        if isinstance(scorer, TemperatureScorer) and "temperature" not in config.scorer.params:
+            # The checkpoint's calibrated temperature (anomaly-seg calibrate) unless the config sets one.
+            temperature = float(self.metadata.get("temperature", 1.0))
+            scorer = get_scorer(config.scorer.name, **config.scorer.params, temperature=temperature)
+        if scorer.offline_only:
+            raise ConfigError(
+                f"scorer.name: {config.scorer.name!r} is offline only (it needs input gradients); "
+                f"use it offline (anomaly_seg_ros.evaluation.evaluate_scorers), not in the perception pipeline"
+            )
         calibration = self.metadata.get("calibration", {}).get(config.scorer.name, {})
         threshold = config.alerts.threshold
         if threshold is None:
@@ -91,7 +128,8 @@ class Perception:
         value_range = config.render.heatmap_range or calibration.get("range") or scorer.display_range
         if value_range is None:
             value_range = (threshold - 1.0, threshold + 1.0)
-        scorer.bind(self.model)
+        # binds the network and loads a fitted scorer's statistics stored next to the checkpoint
+        prepare_scorer(scorer, self.model, checkpoint=config.model.weights, metadata=self.metadata)
         self.scorer: Scorer = scorer
         self.threshold = float(threshold)
         self.heatmap_range = (float(value_range[0]), float(value_range[1]))
@@ -127,31 +165,40 @@ class Perception:
         With ``features=True`` the output also carries the penultimate features that
         feature-based scorers read.
         """
-        images = frame_to_tensor(frame, self.device)
+        images = self._transfer.upload(frame)
         return self._run_model(normalize_images(images, self.input_size, self.mean, self.std), features), images
 
     def _run_model(self, network_input: torch.Tensor, features: bool) -> SegmentationOutput:
         if features:
-            output = self.model.forward_with_features(network_input)
+            output = self.backend.forward_with_features(network_input)
             output.inputs = network_input
             return output
-        return SegmentationOutput(logits=self._forward(network_input), inputs=network_input)
+        return SegmentationOutput(logits=self.backend(network_input), inputs=network_input)
 
     @torch.inference_mode()
     def process(self, frame: np.ndarray, *, render_color: bool = True, render_overlay: bool = True) -> PerceptionResult:
         """Run the whole pipeline on one HxWx3 uint8 RGB frame."""
-        timer = _StageTimer(self.device)
+        timer = _StageTimer(self.device, sync=self.sync_stage_timings)
+        check_frame(frame)
         size = frame.shape[:2]
+        with timer("upload"):
+            images = self._transfer.upload(frame)
         with timer("preprocess"):
-            network_input = normalize_images(frame_to_tensor(frame, self.device), self.input_size, self.mean, self.std)
+            network_input = normalize_images(images, self.input_size, self.mean, self.std)
         with timer("forward"):
             output = self._run_model(network_input, self.scorer.requires_features)
         with timer("score"):
             scores = self.scorer(output)
-            labels = output.logits.argmax(dim=1)
+            labels = labels_from_logits(output.logits)
+        # Resize on the device and bring back only the published maps: uint8 labels and the
+        # heatmap; the label copy overlaps the score resize on CUDA (see FrameTransfer).
         with timer("postprocess"):
-            labels_np = resize_labels(labels, size)[0].cpu().numpy()
-            anomaly_np = resize_scores(scores.float(), size)[0].cpu().numpy()
+            self._transfer.start_download(frame_labels(labels, size)[0])
+            self._transfer.start_download(frame_scores(scores, size, self._heatmap_dtype)[0])
+        with timer("download"):
+            labels_np, anomaly_np = self._transfer.finish_download()
+            if anomaly_np.dtype != np.float32:
+                anomaly_np = anomaly_np.astype(np.float32)
         with timer("alerts"):
             roi, drivable = alerting.region_of_interest(labels_np, self.config.alerts)
             components = alerting.find_components(
@@ -178,11 +225,17 @@ class Perception:
 
 
 class _StageTimer:
-    """Wall-clock milliseconds per stage; synchronises CUDA so GPU work is charged to its stage."""
+    """Wall-clock milliseconds per stage.
 
-    def __init__(self, device: torch.device) -> None:
+    With ``sync`` (the default) CUDA is synchronised after every stage so GPU work is charged
+    to its stage; without it the stages only measure the CPU time to queue the work, the
+    GPU time lands in ``download`` (which waits for the results), and copies overlap compute
+    as they would with no timer at all.
+    """
+
+    def __init__(self, device: torch.device, *, sync: bool = True) -> None:
         self.stages: dict[str, float] = {}
-        self._sync = device.type == "cuda"
+        self._sync = sync and device.type == "cuda"
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:

@@ -62,7 +62,8 @@ RANGED = sorted(spec.name for spec in parameter_specs() if spec.config_key and s
 
 def test_bounded_keys_have_ranges():
     assert RANGED == sorted(
-        ["model.num_classes", "alerts.min_area_px", "alerts.persistence_k", "alerts.persistence_n"]
+        ["model.num_classes", "model.threads", "model.int8_calibration_images"]
+        + ["alerts.min_area_px", "alerts.persistence_k", "alerts.persistence_n"]
         + ["alerts.track_iou", "render.overlay_alpha"]
     )
 

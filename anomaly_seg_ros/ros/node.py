@@ -132,7 +132,7 @@ class AnomalySegNode(Node):
         self._frame_id = ""
 
         model = config.model
-        self._stats = PipelineStats(backend=model.backend, device=model.device)
+        self._stats = PipelineStats(backend=self._perception.backend_name, device=model.device)
         self._slot: LatestSlot[Image | CompressedImage] = LatestSlot()
         self._worker = PipelineWorker(self._slot, self._process, on_done=self._done, on_error=self._failed)
 
@@ -165,7 +165,8 @@ class AnomalySegNode(Node):
         self.create_timer(float(values["diagnostics.period_s"]), self._publish_diagnostics)
         self._worker.start()
         self.get_logger().info(
-            f"model {model.name} on {model.device} ({model.backend}), scorer {config.scorer.name}, "
+            f"model {model.name} on {model.device} ({self._perception.backend.describe()}), "
+            f"scorer {config.scorer.name}, "
             f"threshold {self._perception.threshold:g}; input {'image/compressed' if compressed else 'image'}"
         )
 

@@ -49,6 +49,8 @@ _INT_MAX = 2**31 - 1
 #: ROS ranges are closed, so ``track_iou < 1`` is shown as [0, 1] and enforced by validation.
 _RANGES: dict[str, tuple[float, float]] = {
     "model.num_classes": (2, _INT_MAX),
+    "model.threads": (0, 1024),
+    "model.int8_calibration_images": (1, _INT_MAX),
     "alerts.min_area_px": (1, _INT_MAX),
     "alerts.persistence_k": (1, _INT_MAX),
     "alerts.persistence_n": (1, _INT_MAX),

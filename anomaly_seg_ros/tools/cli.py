@@ -15,7 +15,18 @@ from collections.abc import Sequence
 
 from anomaly_seg_ros.errors import AnomalySegError
 
-SUBCOMMANDS: tuple[str, ...] = ("synth", "train", "bag", "demo")
+SUBCOMMANDS: tuple[str, ...] = (
+    "synth",
+    "train",
+    "bag",
+    "demo",
+    "evaluate",
+    "fit_scorer",
+    "calibrate",
+    "iu_masks",
+    "export",
+    "benchmark",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

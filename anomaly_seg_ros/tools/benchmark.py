@@ -1,0 +1,394 @@
+"""``anomaly-seg benchmark``: how fast the pipeline is, stage by stage, on this machine.
+
+Measures in one run, on the same frames and the same process:
+
+* **bare forward**: the selected backend's forward on a ready network input (what a model
+  benchmark would report), and plain eager PyTorch (contiguous, fp32) for the speed-up;
+* **full call**: ``Perception.process`` from a uint8 frame in memory to every output on the
+  host (labels, heatmap, alerts; colour views only with ``--render``), plus the ROS image
+  conversion (``convert``: a bgr8 ``sensor_msgs/Image`` to the RGB frame) timed on its own;
+* **stages**: convert, upload, preprocess, forward, score, postprocess, download, alerts, render;
+* **scorers**: each scorer's own time on the same logits, and its ratio to the forward.
+
+Every figure is a percentile over ``--iterations`` warm iterations after ``--warmup``
+untimed ones. Peak memory: host RSS high-water mark (``VmHWM`` of /proc/self/status) and
+``torch.cuda.max_memory_allocated``. Without ``--checkpoint`` the weights are random (fine
+for speed; the report says so), and the frames are synthetic road scenes so that the
+alert stage sees realistic label maps rather than noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomaly_seg_ros.config import load_config, replace_config
+from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.inference.preprocess import normalize_images
+from anomaly_seg_ros.models import build_model, load_model
+from anomaly_seg_ros.perception import Perception
+from anomaly_seg_ros.scoring import available_scorers, get_scorer
+
+STAGES = ("convert", "upload", "preprocess", "forward", "score", "postprocess", "download", "alerts", "render")
+PERCENTILES = (50, 95, 99)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="time the model and the whole perception call, stage by stage",
+        description="Bare forward, full perception call and every stage as p50/p95/p99 over warm iterations, "
+        "FPS, peak memory, full/bare and scorer/forward ratios; JSON and Markdown reports.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="checkpoint to time (default: random weights of --model)")
+    source.add_argument("--model", default="erfnet", help="registered model with random weights (default erfnet)")
+    parser.add_argument("--num-classes", type=int, default=19, help="classes of the random-weight model")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="network input (default: model's)")
+    parser.add_argument(
+        "--frame-size",
+        type=int,
+        nargs=2,
+        action="append",
+        metavar=("H", "W"),
+        help="camera frame size; repeat for several (default: the network input size)",
+    )
+    parser.add_argument("--backend", choices=("auto", "tensorrt", "compile", "eager"), default="auto")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--no-fallback", action="store_true", help="fail instead of falling back to another backend")
+    parser.add_argument(
+        "--scorers", default="maxlogit,msp,maxentropy,energy", help="comma-separated; first = pipeline's"
+    )
+    parser.add_argument("--iterations", type=int, default=20, help="timed iterations per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations before each measurement")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = default)")
+    parser.add_argument("--render", action="store_true", help="include the colour views in the full call")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--markdown", type=Path, help="write the results as a Markdown table here")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    scorers = [name.strip() for name in args.scorers.split(",") if name.strip()]
+    unknown = sorted(set(scorers) - set(available_scorers()))
+    if unknown or not scorers:
+        raise ConfigError(f"--scorers: unknown {unknown or 'empty list'}; available: {', '.join(available_scorers())}")
+    if args.iterations < 1 or args.warmup < 0:
+        raise ConfigError("--iterations must be >= 1 and --warmup >= 0")
+    report = benchmark(
+        checkpoint=args.checkpoint,
+        model_name=args.model,
+        num_classes=args.num_classes,
+        input_size=tuple(args.input_size) if args.input_size else None,
+        frame_sizes=[tuple(size) for size in args.frame_size] if args.frame_size else None,
+        overrides=[
+            f"model.backend={args.backend}",
+            f"model.precision={args.precision}",
+            f"model.device={args.device}",
+            f"model.threads={args.threads}",
+            f"model.fallback={'false' if args.no_fallback else 'true'}",
+            *args.set,
+        ],
+        scorers=scorers,
+        iterations=args.iterations,
+        warmup=args.warmup,
+        render=args.render,
+    )
+    text = markdown(report)
+    print(text, end="")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text, encoding="utf-8")
+    return 0
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99 and mean of a list of milliseconds (linear interpolation, numpy's default)."""
+    values = np.asarray(samples_ms, dtype=np.float64)
+    result = {f"p{q}": float(np.percentile(values, q)) for q in PERCENTILES}
+    result["mean"] = float(values.mean())
+    return result
+
+
+def time_calls(fn: Callable[[], Any], *, iterations: int, warmup: int, device: torch.device) -> list[float]:
+    """Milliseconds of ``iterations`` calls of ``fn`` after ``warmup`` untimed ones (CUDA synchronised)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return samples
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (VmHWM), MiB; NaN where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+    return info
+
+
+def _frames(size: tuple[int, int], count: int = 4) -> list[np.ndarray]:
+    from anomaly_seg_ros.data.synthetic import render_scene
+
+    return [render_scene(seed, height=size[0], width=size[1], num_anomalies=1).image for seed in range(count)]
+
+
+def _image_message(frame: np.ndarray) -> Any:
+    from anomaly_seg_ros.ros.conversions import make_header, rgb_to_image_msg
+    from anomaly_seg_ros.ros.typestore import get_typestore
+
+    typestore = get_typestore()
+    return rgb_to_image_msg(typestore, frame, make_header(typestore, 0, "camera"), "bgr8")
+
+
+def benchmark(
+    *,
+    checkpoint: str | None = None,
+    model_name: str = "erfnet",
+    num_classes: int = 19,
+    input_size: tuple[int, int] | None = None,
+    frame_sizes: Sequence[tuple[int, int]] | None = None,
+    overrides: Sequence[str] = (),
+    scorers: Sequence[str] = ("maxlogit",),
+    iterations: int = 20,
+    warmup: int = 3,
+    render: bool = False,
+) -> dict[str, Any]:
+    """Run every measurement (see the module docstring); returns the report as a JSON-able dict."""
+    if checkpoint:
+        model, metadata = load_model(checkpoint, device="cpu")
+        model_name = model.model_name
+    else:
+        torch.manual_seed(0)
+        model, metadata = build_model(model_name, num_classes=num_classes).eval(), {}
+    size_override = [f"model.input_size=[{input_size[0]}, {input_size[1]}]"] if input_size else []
+    config = load_config(None, [f"model.name={model_name}", f"scorer.name={scorers[0]}", *size_override, *overrides])
+    calibration = metadata.get("calibration", {})
+    threshold = calibration.get(scorers[0], {}).get("threshold")
+    auto_threshold = config.alerts.threshold is None and threshold is None
+    if auto_threshold:
+        config = replace_config(config, {"alerts": {"threshold": 0.0}})  # replaced below, once logits exist
+    reference_model = copy.deepcopy(model)  # plain eager: the backend may change the memory format in place
+    perception = Perception(model, config, metadata=metadata)
+    device = perception.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    network_size = perception.input_size
+    frame_sizes = list(frame_sizes or [network_size])
+    report: dict[str, Any] = {
+        "machine": machine_info(device),
+        "model": model_name,
+        "weights": checkpoint or "random (no checkpoint given: speed only, outputs meaningless)",
+        "network_input": list(network_size),
+        "backend": perception.backend.name,
+        "backend_detail": perception.backend.describe(),
+        "precision": perception.backend.precision,
+        "device": str(device),
+        "iterations": iterations,
+        "warmup": warmup,
+        "render": render,
+        "results": [],
+    }
+
+    # Bare forward of the running backend, and of plain eager PyTorch, on a ready input.
+    with torch.inference_mode():
+        example = normalize_images(
+            torch.from_numpy(_frames(network_size, 1)[0]).permute(2, 0, 1)[None].to(device),
+            network_size,
+            perception.mean,
+            perception.std,
+        )
+        reference_model = reference_model.to(device).eval()
+        # Alternating calls: both backends see the same machine load.
+        bare, eager = [], []
+        for index in range(warmup + iterations):
+            timed_bare = time_calls(lambda: perception.backend(example), iterations=1, warmup=0, device=device)
+            timed_eager = time_calls(lambda: reference_model(example), iterations=1, warmup=0, device=device)
+            if index >= warmup:
+                bare += timed_bare
+                eager += timed_eager
+        logits = perception.backend(example)
+        scorer_times = {}
+        for name in scorers:
+            scorer = get_scorer(name)
+            scorer.bind(perception.model)
+            scorer_times[name] = percentiles(
+                time_calls(lambda s=scorer: s(logits), iterations=iterations, warmup=warmup, device=device)
+            )
+    report["bare_forward_ms"] = percentiles(bare)
+    report["eager_forward_ms"] = percentiles(eager)
+    report["speedup_over_eager"] = report["eager_forward_ms"]["p50"] / report["bare_forward_ms"]["p50"]
+    report["scorers"] = {
+        name: {**times, "ratio_to_forward": times["p50"] / report["bare_forward_ms"]["p50"]}
+        for name, times in scorer_times.items()
+    }
+    if auto_threshold:
+        # Random weights have no calibrated threshold: take the score exceeded by 0.1 % of the
+        # pixels of a warm-up frame, as training's calibration does on road pixels.
+        scores = perception.scorer(logits)
+        perception.update({"alerts": {"threshold": float(torch.quantile(scores.flatten()[::7].float(), 0.999))}})
+
+    for size in frame_sizes:
+        frames = _frames(tuple(size))
+        messages = [_image_message(frame) for frame in frames]
+        stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
+        full_call = _full_call(perception, messages, stages, render)
+
+        perception.reset()
+        # Bare forward and full call alternate, so both see the same machine load (a shared
+        # CI machine's load changes within seconds). Production timing: no per-stage CUDA
+        # synchronisation, so copies overlap compute as in the node.
+        perception.sync_stage_timings = False
+        bare_samples: list[float] = []
+        full_samples: list[float] = []
+        with torch.inference_mode():
+            for _ in range(warmup):
+                perception.backend(example)
+                full_call()
+            for _ in range(iterations):
+                bare_samples += time_calls(lambda: perception.backend(example), iterations=1, warmup=0, device=device)
+                full_samples += time_calls(full_call, iterations=1, warmup=0, device=device)
+        if device.type == "cuda":
+            # The stage breakdown needs a synchronisation per stage: a second pass.
+            for values in stages.values():
+                values.clear()
+            perception.sync_stage_timings = True
+            time_calls(full_call, iterations=iterations, warmup=0, device=device)
+        perception.sync_stage_timings = True
+        stages = {stage: values[-iterations:] for stage, values in stages.items()}
+        full_stats, bare_stats = percentiles(full_samples), percentiles(bare_samples)
+        # Everything but the network: full call minus its own forward stage, per iteration.
+        overhead = [full - forward for full, forward in zip(full_samples, stages["forward"], strict=True)]
+        report["results"].append(
+            {
+                "frame_size": list(size),
+                "full_call_ms": full_stats,
+                "bare_forward_ms": bare_stats,
+                "non_forward_ms": percentiles(overhead),
+                "fps": 1000.0 / full_stats["mean"],
+                "full_over_bare": full_stats["p50"] / bare_stats["p50"],
+                "stages_ms": {stage: percentiles(values) for stage, values in stages.items()},
+            }
+        )
+    report["peak_host_rss_mb"] = peak_rss_mb()
+    report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    report["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return report
+
+
+def _full_call(
+    perception: Perception, messages: Sequence[Any], stages: dict[str, list[float]], render: bool
+) -> Callable[[], None]:
+    """One frame from a ROS image message to every output; appends each stage's milliseconds to ``stages``."""
+    from anomaly_seg_ros.ros.conversions import message_to_rgb
+
+    counter = iter(range(10**12))
+
+    def call() -> None:
+        message = messages[next(counter) % len(messages)]
+        start = time.perf_counter()
+        frame = message_to_rgb(message)
+        convert_ms = (time.perf_counter() - start) * 1000.0
+        result = perception.process(frame, render_color=render, render_overlay=render)
+        stages["convert"].append(convert_ms)
+        for stage in STAGES[1:]:
+            stages[stage].append(result.timings_ms.get(stage, 0.0))
+
+    return call
+
+
+# ------------------------------------------------------------------------------ reporting
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown tables (what benchmarks/README.md quotes)."""
+    machine = report["machine"]
+    bare, eager = report["bare_forward_ms"], report["eager_forward_ms"]
+    lines = [
+        f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, torch {machine['torch']} "
+        f"({machine['torch_threads']} threads)" + (f", GPU {machine['gpu']}" if machine["gpu"] else ""),
+        f"Load average at start / end: {machine['load_average']} / {machine.get('load_average_end')}",
+        f"Model: {report['model']}, weights: {report['weights']}; network input "
+        f"{report['network_input'][0]}x{report['network_input'][1]}",
+        f"Backend: {report['backend_detail']}; device {report['device']}; "
+        f"{report['iterations']} iterations after {report['warmup']} warm-up; "
+        f"render {'on' if report['render'] else 'off'}",
+        "",
+        "| measurement | p50 ms | p95 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: |",
+        f"| bare forward ({report['backend']}) | {bare['p50']:.1f} | {bare['p95']:.1f} | {bare['p99']:.1f} |",
+        f"| bare forward, plain eager fp32 | {eager['p50']:.1f} | {eager['p95']:.1f} | {eager['p99']:.1f} |",
+    ]
+    for name, times in report["scorers"].items():
+        lines.append(
+            f"| scorer {name} (x{times['ratio_to_forward']:.3f} of forward) | {times['p50']:.1f} | "
+            f"{times['p95']:.1f} | {times['p99']:.1f} |"
+        )
+    lines += ["", f"Speed-up of {report['backend']} over plain eager (p50): x{report['speedup_over_eager']:.2f}", ""]
+    for result in report["results"]:
+        full = result["full_call_ms"]
+        height, width = result["frame_size"]
+        extra = result["non_forward_ms"]
+        lines += [
+            f"Frame {width}x{height}: full call p50 {full['p50']:.1f} / p95 {full['p95']:.1f} / "
+            f"p99 {full['p99']:.1f} ms, "
+            f"{result['fps']:.2f} FPS; bare forward (interleaved) p50 {result['bare_forward_ms']['p50']:.1f} ms; "
+            f"**full / bare = {result['full_over_bare']:.3f}**; everything but the forward p50 {extra['p50']:.1f} ms",
+            "",
+            "| stage | p50 ms | p95 ms | p99 ms |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for stage, times in result["stages_ms"].items():
+            lines.append(f"| {stage} | {times['p50']:.2f} | {times['p95']:.2f} | {times['p99']:.2f} |")
+        lines.append("")
+    gpu = f", peak GPU {report['peak_gpu_mb']:.0f} MiB" if report["peak_gpu_mb"] is not None else ""
+    lines.append(f"Peak host RSS {report['peak_host_rss_mb']:.0f} MiB{gpu}")
+    return "\n".join(lines) + "\n"
