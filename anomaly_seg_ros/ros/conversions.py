@@ -175,6 +175,11 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     """
     view, encoding = _pixel_view(msg)
     if view.shape[2] >= 3:
+        if view.dtype == np.uint8 and encoding in ("bgr8", "bgra8"):
+            # OpenCV's channel swap is ~40x faster than numpy's strided copy at 1080p (benchmarks/README.md).
+            return cv2.cvtColor(
+                np.ascontiguousarray(view), cv2.COLOR_BGR2RGB if encoding == "bgr8" else cv2.COLOR_BGRA2RGB
+            )
         channels = view[:, :, 2::-1] if encoding.startswith("bgr") else view[:, :, :3]
         return np.array(channels, order="C")
     gray = view[:, :, 0]
