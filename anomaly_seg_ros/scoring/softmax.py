@@ -12,6 +12,27 @@ import torch
 from anomaly_seg_ros.scoring.base import Scorer, TemperatureScorer, register_scorer
 
 
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / T``, without a pass over the logits when ``T = 1``."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def _shifted_exp(
+    scaled: torch.Tensor, *, keep: bool = False
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
+    """Max over classes ``m``, and ``S = sum_k exp(z_k - m)`` (>= 1, never overflows).
+
+    These scorers cost a few passes over a (C, H, W) tensor per frame, which on a CPU is a
+    measurable share of the forward (benchmarks/README.md); fusing max, exp and sum this way
+    saves the second max and the log/exp round trip of ``torch.logsumexp``. With ``keep`` the
+    shifted logits ``d = z - m`` and ``exp(d)`` are returned too.
+    """
+    peak = scaled.amax(dim=1, keepdim=True)
+    shifted = scaled - peak
+    exps = shifted.exp() if keep else shifted.exp_()
+    return peak.squeeze(1), ((shifted, exps) if keep else None), exps.sum(dim=1)
+
+
 @register_scorer
 class MaxSoftmax(TemperatureScorer):
     r"""Maximum softmax probability (Hendrycks & Gimpel, ICLR 2017, arXiv:1610.02136).
@@ -27,9 +48,9 @@ class MaxSoftmax(TemperatureScorer):
 
     @staticmethod
     def score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        # max softmax = exp(max logit/T - logsumexp(logits/T)): one reduction, no full softmax.
-        scaled = logits / temperature
-        return -torch.exp(scaled.amax(dim=1) - torch.logsumexp(scaled, dim=1))
+        # max softmax = 1 / sum_k exp(z_k - max z): one max, one exp pass and one sum, no softmax tensor.
+        _, _, total = _shifted_exp(_scaled(logits, temperature))
+        return -total.reciprocal()
 
 
 @register_scorer
@@ -65,9 +86,10 @@ class MaxEntropy(TemperatureScorer):
 
     @staticmethod
     def score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        log_probs = torch.log_softmax(logits / temperature, dim=1)
-        entropy = -(log_probs.exp() * log_probs).sum(dim=1)
-        return entropy / math.log(logits.shape[1])
+        # H = log S - sum_k e_k d_k / S with d = z - max z, e = exp(d), S = sum e: one exp pass.
+        _, (shifted, exps), total = _shifted_exp(_scaled(logits, temperature), keep=True)
+        weighted = (exps * shifted).sum(dim=1)
+        return (total.log() - weighted / total) / math.log(logits.shape[1])
 
 
 @register_scorer
@@ -84,4 +106,5 @@ class Energy(TemperatureScorer):
 
     @staticmethod
     def score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        return -temperature * torch.logsumexp(logits / temperature, dim=1)
+        peak, _, total = _shifted_exp(_scaled(logits, temperature))
+        return -temperature * (total.log() + peak)
