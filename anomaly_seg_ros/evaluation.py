@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 from anomaly_seg_ros.config import load_config
@@ -169,7 +170,7 @@ class ScorerSpec:
         """Canonical text of the spec; names the cell files of this scorer."""
         if not self.params:
             return self.name
-        return self.name + "@" + ",".join(f"{key}={value}" for key, value in self.params)
+        return self.name + "@" + ",".join(f"{key}={_format_value(value)}" for key, value in self.params)
 
     def resolve(self, metadata: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         """Parameters for ``get_scorer`` and the row title, ``fitted`` replaced by the checkpoint's value."""
@@ -185,23 +186,120 @@ class ScorerSpec:
             elif key == "temperature":
                 notes.append(f"T={value:g}")
             else:
-                notes.append(f"{key}={value}")
+                notes.append(f"{key}={_format_value(value)}")
         return params, title + (f" ({', '.join(notes)})" if notes else "")
 
 
+def split_top_level(text: str, separator: str = ",") -> list[str]:
+    """Split ``text`` on ``separator`` outside brackets, braces and quoted strings.
+
+    ``"a=1,m=[x,y],b={k: 2}"`` -> ``["a=1", "m=[x,y]", "b={k: 2}"]``. A quote opens a string
+    only at the start of a value or list item (after ``=``, ``[``, ``{``, ``,``, ``:`` or a
+    space), so an apostrophe inside a path is an ordinary character. Unbalanced brackets raise
+    ConfigError (a missing ``]`` would otherwise swallow the following parameters).
+    """
+    parts: list[str] = []
+    depth = 0
+    quote = ""
+    start = 0
+    previous = "="
+    for index, char in enumerate(text):
+        opens_string = previous in "=[{,: " and char in "\"'"
+        previous = char
+        if quote:
+            quote = "" if char == quote else quote
+        elif opens_string:
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth < 0:
+                raise ConfigError(f"{text!r}: unbalanced {char!r} at position {index}")
+        elif char == separator and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    if depth or quote:
+        raise ConfigError(f"{text!r}: unclosed {'quote ' + quote if quote else 'bracket'}; expected e.g. key=[a,b]")
+    parts.append(text[start:])
+    return parts
+
+
+def _parse_spec_value(text: str, spec: str) -> Any:
+    """A parameter value: number, ``true``/``false``, a YAML flow list/mapping (``[a, b]``), else the string."""
+    text = text.strip()
+    if text[:1] in "[{":
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--scorer {spec!r}: cannot read {text!r} as a YAML list or mapping: {error}") from None
+        return _freeze(value, spec)
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return _parse_value(text)
+
+
+def _freeze(value: Any, spec: str = "") -> Any:
+    """Lists -> tuples, recursively, so that a ScorerSpec stays hashable; no scorer takes a mapping."""
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item, spec) for item in value)
+    if isinstance(value, dict):
+        raise ConfigError(
+            f"--scorer {spec!r}: a parameter value is a mapping {value!r}; values are numbers, true/false, "
+            "strings or lists, e.g. members=[a.safetensors,b.safetensors]"
+        )
+    return value
+
+
+def _format_value(value: Any) -> str:
+    """Text of a parameter value in a spec key and title: tuples as ``[a,b]``."""
+    if isinstance(value, tuple):
+        return "[" + ",".join(_format_value(item) for item in value) + "]"
+    return str(value)
+
+
 def parse_scorer_spec(text: str) -> ScorerSpec:
-    """``NAME[@KEY=VALUE[,KEY=VALUE...]]`` -> :class:`ScorerSpec`; ``T`` and ``t`` mean ``temperature``."""
+    """``NAME[@KEY=VALUE[,KEY=VALUE...]]`` or ``NAME@{KEY: VALUE, ...}`` -> :class:`ScorerSpec`.
+
+    ``T`` and ``t`` mean ``temperature``. Values are numbers, ``true``/``false``, strings or
+    YAML flow lists (``ensemble_entropy@members=[a.safetensors,b.safetensors]``); parameters
+    are split only on top-level commas, so commas inside ``[...]`` or ``{...}`` belong to the
+    value. The form ``NAME@{members: [a, b], ...}`` is one YAML flow mapping.
+    """
     name, _, rest = text.strip().partition("@")
+    name, rest = name.strip(), rest.strip()
     if not name:
         raise ConfigError(f"--scorer {text!r}: expected NAME[@KEY=VALUE,...], e.g. msp@T=0.5")
+    items: list[tuple[str, Any]] = []
+    if rest.startswith("{"):
+        try:
+            mapping = yaml.safe_load(rest)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--scorer {text!r}: {rest!r} is not a YAML flow mapping: {error}") from None
+        if not isinstance(mapping, dict) or not all(isinstance(key, str) and key for key in mapping):
+            raise ConfigError(f"--scorer {text!r}: expected NAME@{{key: value, ...}}, got {rest!r}")
+        items = [(key, _freeze(value, text)) for key, value in mapping.items()]
+    else:
+        for item in split_top_level(rest) if rest else []:
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not item.strip():
+                continue
+            if not sep or not key or not value.strip():
+                raise ConfigError(
+                    f"--scorer {text!r}: parameter {item!r} is not KEY=VALUE (e.g. T=0.5, T=fitted or members=[a,b])"
+                )
+            items.append((key, _parse_spec_value(value, text)))
     params: list[tuple[str, Any]] = []
-    for item in filter(None, rest.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise ConfigError(f"--scorer {text!r}: parameter {item!r} is not KEY=VALUE (e.g. T=0.5 or T=fitted)")
+    for key, value in items:
         key = "temperature" if key in TEMPERATURE_KEYS else key
-        value = _parse_value(value)
-        if key == "temperature" and value != FITTED and not (isinstance(value, int | float) and value > 0):
+        if any(key == seen for seen, _ in params):
+            raise ConfigError(f"--scorer {text!r}: parameter {key!r} is given twice")
+        if (
+            key == "temperature"
+            and value != FITTED
+            and not (isinstance(value, int | float) and not isinstance(value, bool) and value > 0)
+        ):
             raise ConfigError(f"--scorer {text!r}: temperature must be a number > 0 or {FITTED!r}, got {value!r}")
         params.append((key, float(value) if key == "temperature" and value != FITTED else value))
     get_scorer(name, **{k: (1.0 if v == FITTED else v) for k, v in params})  # unknown names/params fail now

@@ -307,3 +307,41 @@ def test_best_f1_threshold_is_sklearns_and_component_metrics_use_it(assets, tmp_
     assert cell["components"]["track"] == "obstacle" and cell["components"]["num_frames"] == 4
     assert cell["components"]["min_gt_size"] == 10
     assert "## Component metrics" in (out / "table.md").read_text()
+
+
+def test_scorer_specs_take_list_values_split_on_top_level_commas_only():
+    from anomaly_seg_ros.evaluation import split_top_level
+
+    # the comma inside [...] belongs to the value; the quoted one inside a list item too
+    parts = split_top_level('m=[a,b],T=2,n={k: [1, 2]},q=["x,y", z]')
+    assert parts == ["m=[a,b]", "T=2", "n={k: [1, 2]}", 'q=["x,y", z]']
+    assert split_top_level("path=/data/O'Brien/a.safetensors,T=2") == ["path=/data/O'Brien/a.safetensors", "T=2"]
+    spec = parse_scorer_spec("ensemble_entropy@members=[a.safetensors,b.safetensors]")
+    assert spec.name == "ensemble_entropy" and spec.params == (("members", ("a.safetensors", "b.safetensors")),)
+    # the YAML flow form is the same spec (same key, so the same cell files)
+    flow = parse_scorer_spec("ensemble_entropy@{members: [a.safetensors, b.safetensors]}")
+    assert flow == spec and hash(flow) == hash(spec)
+    assert spec.key == "ensemble_entropy@members=[a.safetensors,b.safetensors]"
+    params, title = spec.resolve({})
+    assert params == {"members": ("a.safetensors", "b.safetensors")}
+    assert title == "ensemble_entropy (members=[a.safetensors,b.safetensors])"
+    # the scorer built from the resolved parameters has the members, in order
+    assert scoring_base.get_scorer("ensemble_entropy", **params).members == ("a.safetensors", "b.safetensors")
+    # booleans and numbers next to a list; T still means temperature in both forms
+    pgu = parse_scorer_spec("pgu@p=0.5,bias=false")
+    assert pgu.params == (("p", 0.5), ("bias", False))
+    assert scoring_base.get_scorer("pgu", **dict(pgu.params)).params == {"p": 0.5, "bias": False}
+    assert parse_scorer_spec("msp@{T: 0.5}") == parse_scorer_spec("msp@T=0.5")
+    for text, words in (
+        ("ensemble_entropy@members=[a.safetensors,b.safetensors", "unclosed bracket"),
+        ("ensemble_entropy@members=a]", "unbalanced"),
+        ("ensemble_entropy@members=[[a]", "unclosed bracket"),
+        ("msp@{T: 0.5", "not a YAML flow mapping"),
+        ("msp@{0.5}", r"expected NAME@\{key: value"),
+        ("msp@T=0.5,T=2", "'temperature' is given twice"),
+        ("msp@T=true", "temperature must be a number > 0"),
+        ("pgu@p={a: 1}", "values are numbers, true/false, strings or lists"),
+        ("ensemble_entropy@members=[]", "non-empty list of checkpoint paths"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            parse_scorer_spec(text)

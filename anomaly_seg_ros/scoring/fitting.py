@@ -130,6 +130,10 @@ def save_fit(
     try:
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(payload)
+        # mkstemp creates 0600; give the fit the mode a plain open() would have (as checkpoints get).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

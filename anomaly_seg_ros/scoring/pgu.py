@@ -66,6 +66,40 @@ def _patch_reduce(power: torch.Tensor, layer: nn.Module, *, maximum: bool) -> to
     return F.conv2d(power, kernel, stride=layer.stride, padding=padding, dilation=layer.dilation)
 
 
+def delta_power_sum(head_logits: torch.Tensor, p: float) -> torch.Tensor:
+    """:math:`\\|\\operatorname{softmax}(z) - \\operatorname{onehot}(\\arg\\max z)\\|_p^p` per pixel, (N, H, W).
+
+    With :math:`e_k = \\exp(z_k - \\max z)` the arg-max entry is exactly 1, so with the other
+    entries :math:`R = \\sum_{k \\ne \\hat y} e_k` (ties with the maximum included) and
+    :math:`Q = \\sum_{k \\ne \\hat y} e_k^p`, the softmax is :math:`e / (1 + R)` and
+
+    .. math:: \\|\\delta\\|_p^p = \\frac{Q}{(1 + R)^p} + \\Big(\\frac{R}{1 + R}\\Big)^p
+
+    Finite ``p`` only. One max/exp pass and two sums, no softmax or one-hot tensor (3x faster on a CPU at
+    19x512x1024, benchmarks/README.md), and ``1 - p_max = R / (1 + R)`` keeps its precision
+    where ``1 - softmax`` rounds to 0 in float32 (confident pixels).
+    """
+    top, index = head_logits.max(dim=1, keepdim=True)
+    others = (head_logits - top).exp_().scatter_(1, index, 0.0)
+    rest = others.sum(dim=1)
+    total = rest + 1.0
+    if p == 1.0:
+        return rest.mul_(2.0).div_(total)  # Q = R
+    if p == 2.0:
+        power = torch.linalg.vector_norm(others, 2.0, dim=1).square_()  # one fused pass
+    else:
+        power = others.pow_(p).sum(dim=1)
+    return power.div_(total.pow(p)).add_(rest.div_(total).pow_(p))
+
+
+def _channel_power_sum(features: torch.Tensor, p: float) -> torch.Tensor:
+    """:math:`\\sum_c |x_c|^p`, (N, 1, h, w)."""
+    if p == 2.0:
+        return torch.linalg.vector_norm(features, 2.0, dim=1, keepdim=True).square_()
+    magnitude = features.abs()
+    return magnitude.sum(dim=1, keepdim=True) if p == 1.0 else magnitude.pow_(p).sum(dim=1, keepdim=True)
+
+
 def gradient_norm(
     head_logits: torch.Tensor, features: torch.Tensor, layer: nn.Module, *, p: float = 2.0, bias: bool = True
 ) -> torch.Tensor:
@@ -74,20 +108,19 @@ def gradient_norm(
         raise ConfigError(f"scorer 'pgu': the last layer must be Conv2d or ConvTranspose2d, got {type(layer).__name__}")
     if layer.groups != 1:
         raise ConfigError(f"scorer 'pgu': grouped last layers (groups={layer.groups}) are not supported")
-    probs = torch.softmax(head_logits, dim=1)
-    delta = probs - F.one_hot(head_logits.argmax(dim=1), head_logits.shape[1]).movedim(-1, 1).to(probs.dtype)
-    magnitude = features.abs()
     with_bias = bias and layer.bias is not None
     if math.isinf(p):
-        patch = _patch_reduce(magnitude.amax(dim=1, keepdim=True), layer, maximum=True).squeeze(1)
+        probs = torch.softmax(head_logits, dim=1)
+        delta = probs - F.one_hot(head_logits.argmax(dim=1), head_logits.shape[1]).movedim(-1, 1).to(probs.dtype)
+        patch = _patch_reduce(features.abs().amax(dim=1, keepdim=True), layer, maximum=True).squeeze(1)
         if with_bias:
             patch = patch.clamp_min(1.0)
         scores = delta.abs().amax(dim=1) * patch
     else:
-        patch = _patch_reduce(magnitude.pow(p).sum(dim=1, keepdim=True), layer, maximum=False).squeeze(1)
+        patch = _patch_reduce(_channel_power_sum(features, p), layer, maximum=False).squeeze(1)
         if with_bias:
             patch = patch + 1.0
-        scores = delta.abs().pow(p).sum(dim=1).mul(patch).pow(1.0 / p)
+        scores = delta_power_sum(head_logits, p).mul_(patch).pow_(1.0 / p)
     if scores.shape[-2:] != head_logits.shape[-2:]:
         raise ValueError(
             f"scorer 'pgu': the last layer maps features {tuple(features.shape[-2:])} to "

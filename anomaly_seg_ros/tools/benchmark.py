@@ -8,13 +8,28 @@ Measures in one run, on the same frames and the same process:
   host (labels, heatmap, alerts; colour views only with ``--render``), plus the ROS image
   conversion (``convert``: a bgr8 ``sensor_msgs/Image`` to the RGB frame) timed on its own;
 * **stages**: convert, upload, preprocess, forward, score, postprocess, download, alerts, render;
-* **scorers**: each scorer's own time on the same logits, and its ratio to the forward.
+* **scorers**: each scorer's own time on the output it reads, and its share of the plain forward
+  (see "Scorer cost" below).
 
 Every figure is a percentile over ``--iterations`` warm iterations after ``--warmup``
 untimed ones. Peak memory: host RSS high-water mark (``VmHWM`` of /proc/self/status) and
 ``torch.cuda.max_memory_allocated``. Without ``--checkpoint`` the weights are random (fine
 for speed; the report says so), and the frames are synthetic road scenes so that the
 alert stage sees realistic label maps rather than noise.
+
+Scorer cost. Logit scorers read the plain forward's logits; scorers with ``requires_features``
+(PGU) read the output of the features path (``backend.forward_with_features``, the pass the
+pipeline runs for them), and the features path's own extra cost over the plain forward is
+reported separately (``features_forward_ms``, ``features_over_bare``). A scorer's time is only
+its own work on that output; its ratio is its p50 over the p50 of the plain forward, both
+sampled in the same loop (forward, eager forward, features forward, then every scorer, per
+iteration) so that all see the same machine load. Scorers with ``requires_fit`` (SML,
+FlowEneDet) load the fit stored next to ``--checkpoint`` (``scoring.fitting.prepare_scorer``);
+without one they are fitted in-process on a few synthetic frames, for timing only (the report
+says so). Ensembles cost one forward per member by nature and ODIN a backward and a second
+forward (offline only): both are timed when asked for, with no target. Targets (share of the
+forward, :data:`SCORER_TARGETS`): MSP, MaxLogit, MaxEntropy, energy <= 3 %, SML <= 5 %,
+PGU <= 10 %, FlowEneDet <= 15 %.
 """
 
 from __future__ import annotations
@@ -34,13 +49,35 @@ import torch
 
 from anomaly_seg_ros.config import load_config, replace_config
 from anomaly_seg_ros.errors import ConfigError
-from anomaly_seg_ros.inference.preprocess import normalize_images
+from anomaly_seg_ros.evaluation import ScorerSpec, parse_scorer_spec
+from anomaly_seg_ros.inference.preprocess import frame_to_tensor, normalize_images
 from anomaly_seg_ros.models import build_model, load_model
+from anomaly_seg_ros.models.outputs import SegmentationOutput
 from anomaly_seg_ros.perception import Perception
-from anomaly_seg_ros.scoring import available_scorers, get_scorer
+from anomaly_seg_ros.scoring import Scorer, available_scorers, get_scorer, prepare_scorer
+from anomaly_seg_ros.scoring.base import TemperatureScorer
+from anomaly_seg_ros.scoring.fitting import FittedScorer, fit_path
 
 STAGES = ("convert", "upload", "preprocess", "forward", "score", "postprocess", "download", "alerts", "render")
 PERCENTILES = (50, 95, 99)
+#: Largest share of the plain forward (p50) each scorer may cost on the device it runs on.
+SCORER_TARGETS: dict[str, float] = {
+    "maxlogit": 0.03,
+    "msp": 0.03,
+    "maxentropy": 0.03,
+    "energy": 0.03,
+    "sml": 0.05,
+    "pgu": 0.10,
+    "flowenedet": 0.15,
+}
+#: Why a scorer has no target (its cost is more than a reduction by construction).
+NO_TARGET = {
+    "ensemble_entropy": "one extra forward per member by nature",
+    "ensemble_mi": "one extra forward per member by nature",
+    "odin": "offline only: a backward and a second forward per frame",
+}
+#: Synthetic frames an unfitted scorer is fitted on in-process (timing only).
+FIT_FRAMES = 4
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -68,7 +105,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--no-fallback", action="store_true", help="fail instead of falling back to another backend")
     parser.add_argument(
-        "--scorers", default="maxlogit,msp,maxentropy,energy", help="comma-separated; first = pipeline's"
+        "--scorers",
+        default="maxlogit,msp,maxentropy,energy",
+        help="comma-separated scorer names; the first that can run live is the full call's",
+    )
+    parser.add_argument(
+        "--scorer",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a scorer with parameters, as in `anomaly-seg evaluate` (pgu@p=0.5, "
+        "ensemble_entropy@members=[a.safetensors,b.safetensors]); repeatable, timed after --scorers",
     )
     parser.add_argument("--iterations", type=int, default=20, help="timed iterations per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations before each measurement")
@@ -81,10 +128,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    scorers = [name.strip() for name in args.scorers.split(",") if name.strip()]
-    unknown = sorted(set(scorers) - set(available_scorers()))
-    if unknown or not scorers:
+    names = [name.strip() for name in args.scorers.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(available_scorers()))
+    if unknown or not (names or args.scorer):
         raise ConfigError(f"--scorers: unknown {unknown or 'empty list'}; available: {', '.join(available_scorers())}")
+    scorers = [parse_scorer_spec(text) for text in [*names, *args.scorer]]
+    keys = [spec.key for spec in scorers]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"--scorers/--scorer: a scorer is listed twice: {keys}")
     if args.iterations < 1 or args.warmup < 0:
         raise ConfigError("--iterations must be >= 1 and --warmup >= 0")
     report = benchmark(
@@ -189,6 +240,71 @@ def _image_message(frame: np.ndarray) -> Any:
     return rgb_to_image_msg(typestore, frame, make_header(typestore, 0, "camera"), "bgr8")
 
 
+def synthetic_fit_batches(
+    input_size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    count: int = FIT_FRAMES,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(normalised input, trainId labels) of ``count`` synthetic scenes rendered at ``input_size``."""
+    from anomaly_seg_ros.data.synthetic import render_scene
+
+    batches = []
+    for seed in range(count):
+        scene = render_scene(1000 + seed, height=input_size[0], width=input_size[1])
+        inputs = normalize_images(frame_to_tensor(scene.image, device), input_size, mean, std)
+        batches.append((inputs, torch.from_numpy(scene.labels).long().unsqueeze(0).to(device)))
+    return batches
+
+
+def prepare_benchmark_scorer(
+    spec: ScorerSpec,
+    model: torch.nn.Module,
+    *,
+    checkpoint: str | None,
+    metadata: dict[str, Any],
+    fit_batches: Callable[[], Sequence[tuple[torch.Tensor, torch.Tensor]]],
+) -> tuple[Scorer, str | None]:
+    """A bound scorer as the pipeline would build it, and where its fit came from (None: needs none).
+
+    Temperature scorers without a temperature get the checkpoint's calibrated one, as in
+    ``Perception``. A scorer with ``requires_fit`` loads the fit next to ``checkpoint`` when it
+    exists (a stale or mismatched one raises ConfigError, as in the pipeline); otherwise it is
+    fitted on ``fit_batches()``, which is only good for timing.
+    """
+    params, _ = spec.resolve(metadata)
+    scorer = get_scorer(spec.name, **params)
+    if isinstance(scorer, TemperatureScorer) and "temperature" not in params:
+        scorer = get_scorer(spec.name, **params, temperature=float(metadata.get("temperature", 1.0)))
+    if not scorer.requires_fit:
+        prepare_scorer(scorer, model, metadata=metadata)
+        return scorer, None
+    if checkpoint and fit_path(checkpoint, spec.name).is_file():
+        prepare_scorer(scorer, model, checkpoint=checkpoint, metadata=metadata)
+        return scorer, f"fit file {fit_path(checkpoint, spec.name).name}"
+    target = getattr(scorer, "inner", scorer)
+    if not isinstance(target, FittedScorer):
+        raise ConfigError(f"scorer {spec.name!r} declares requires_fit but has no fit() (not a FittedScorer)")
+    scorer.bind(model)
+    batches = fit_batches()
+    target.fit(model, batches)
+    where = "no checkpoint" if not checkpoint else f"no {fit_path(checkpoint, spec.name).name}"
+    return scorer, f"fitted in-process on {len(batches)} synthetic frames ({where}): timing only"
+
+
+def _pipeline_spec(specs: Sequence[ScorerSpec], checkpoint: str | None) -> ScorerSpec:
+    """The first scorer the live pipeline can run as configured: not offline, fit on disk if it needs one."""
+    for spec in specs:
+        scorer = get_scorer(spec.name, **spec.resolve({})[0])
+        if scorer.offline_only:
+            continue
+        if scorer.requires_fit and not (checkpoint and fit_path(checkpoint, spec.name).is_file()):
+            continue
+        return spec
+    return parse_scorer_spec("maxlogit")
+
+
 def benchmark(
     *,
     checkpoint: str | None = None,
@@ -197,12 +313,16 @@ def benchmark(
     input_size: tuple[int, int] | None = None,
     frame_sizes: Sequence[tuple[int, int]] | None = None,
     overrides: Sequence[str] = (),
-    scorers: Sequence[str] = ("maxlogit",),
+    scorers: Sequence[str | ScorerSpec] = ("maxlogit",),
     iterations: int = 20,
     warmup: int = 3,
     render: bool = False,
 ) -> dict[str, Any]:
     """Run every measurement (see the module docstring); returns the report as a JSON-able dict."""
+    specs = [parse_scorer_spec(spec) if isinstance(spec, str) else spec for spec in scorers]
+    if not specs:
+        raise ConfigError("benchmark: give at least one scorer")
+    pipeline_spec = _pipeline_spec(specs, checkpoint)
     if checkpoint:
         model, metadata = load_model(checkpoint, device="cpu")
         model_name = model.model_name
@@ -210,9 +330,17 @@ def benchmark(
         torch.manual_seed(0)
         model, metadata = build_model(model_name, num_classes=num_classes).eval(), {}
     size_override = [f"model.input_size=[{input_size[0]}, {input_size[1]}]"] if input_size else []
-    config = load_config(None, [f"model.name={model_name}", f"scorer.name={scorers[0]}", *size_override, *overrides])
+    config = load_config(None, [f"model.name={model_name}", *size_override, *overrides])
+    # the pipeline's scorer loads its fit (if any) from next to model.weights, as in the node
+    config = replace_config(
+        config,
+        {
+            "model": {"weights": str(checkpoint) if checkpoint else None},
+            "scorer": {"name": pipeline_spec.name, "params": pipeline_spec.resolve(metadata)[0]},
+        },
+    )
     calibration = metadata.get("calibration", {})
-    threshold = calibration.get(scorers[0], {}).get("threshold")
+    threshold = calibration.get(pipeline_spec.name, {}).get("threshold")
     auto_threshold = config.alerts.threshold is None and threshold is None
     if auto_threshold:
         config = replace_config(config, {"alerts": {"threshold": 0.0}})  # replaced below, once logits exist
@@ -235,6 +363,7 @@ def benchmark(
         "iterations": iterations,
         "warmup": warmup,
         "render": render,
+        "pipeline_scorer": pipeline_spec.key,
         "results": [],
     }
 
@@ -247,33 +376,79 @@ def benchmark(
             perception.std,
         )
         reference_model = reference_model.to(device).eval()
-        # Alternating calls: both backends see the same machine load.
-        bare, eager = [], []
+        fit_cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def fit_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+            if not fit_cache:
+                fit_cache.extend(synthetic_fit_batches(network_size, perception.mean, perception.std, device))
+            return fit_cache
+
+        prepared = {
+            spec.key: prepare_benchmark_scorer(
+                spec, perception.model, checkpoint=checkpoint, metadata=metadata, fit_batches=fit_batches
+            )
+            for spec in specs
+        }
+        plain = SegmentationOutput(logits=perception.backend(example), inputs=example)
+        with_features = any(scorer.requires_features for scorer, _ in prepared.values())
+        if with_features:
+            featured = perception.backend.forward_with_features(example)
+            featured.inputs = example
+
+        def one(fn: Callable[[], Any]) -> list[float]:
+            return time_calls(fn, iterations=1, warmup=0, device=device)
+
+        # One loop, every measurement in turn: plain forward, eager forward, features path and
+        # each scorer see the same machine load, so their ratios hold on a busy machine too.
+        bare, eager, features_ms = [], [], []
+        scorer_samples: dict[str, list[float]] = {key: [] for key in prepared}
         for index in range(warmup + iterations):
-            timed_bare = time_calls(lambda: perception.backend(example), iterations=1, warmup=0, device=device)
-            timed_eager = time_calls(lambda: reference_model(example), iterations=1, warmup=0, device=device)
+            timed_bare = one(lambda: perception.backend(example))
+            timed_eager = one(lambda: reference_model(example))
+            timed_features = one(lambda: perception.backend.forward_with_features(example)) if with_features else []
+            timed_scorers = {
+                key: one(lambda s=scorer: s(featured if s.requires_features else plain))
+                for key, (scorer, _) in prepared.items()
+            }
             if index >= warmup:
                 bare += timed_bare
                 eager += timed_eager
-        logits = perception.backend(example)
-        scorer_times = {}
-        for name in scorers:
-            scorer = get_scorer(name)
-            scorer.bind(perception.model)
-            scorer_times[name] = percentiles(
-                time_calls(lambda s=scorer: s(logits), iterations=iterations, warmup=warmup, device=device)
-            )
+                features_ms += timed_features
+                for key, samples in timed_scorers.items():
+                    scorer_samples[key] += samples
     report["bare_forward_ms"] = percentiles(bare)
     report["eager_forward_ms"] = percentiles(eager)
     report["speedup_over_eager"] = report["eager_forward_ms"]["p50"] / report["bare_forward_ms"]["p50"]
-    report["scorers"] = {
-        name: {**times, "ratio_to_forward": times["p50"] / report["bare_forward_ms"]["p50"]}
-        for name, times in scorer_times.items()
-    }
+    forward_p50 = report["bare_forward_ms"]["p50"]
+    if with_features:
+        report["features_forward_ms"] = percentiles(features_ms)
+        report["features_over_bare"] = report["features_forward_ms"]["p50"] / forward_p50
+    report["scorers"] = {}
+    for spec in specs:
+        scorer, fit = prepared[spec.key]
+        times = percentiles(scorer_samples[spec.key])
+        target = SCORER_TARGETS.get(spec.name)
+        ratio = times["p50"] / forward_p50
+        entry: dict[str, Any] = {
+            **times,
+            "name": spec.name,
+            "input": "features path" if scorer.requires_features else "plain forward",
+            "ratio_to_forward": ratio,
+            "target": target,
+            "meets_target": None if target is None else bool(ratio <= target),
+            "no_target_reason": NO_TARGET.get(spec.name) if target is None else None,
+            "fit": fit,
+        }
+        if scorer.requires_features:
+            # what choosing this scorer adds to a logits-only pipeline: its own time plus the features path's extra
+            extra_ms = times["p50"] + report["features_forward_ms"]["p50"] - forward_p50
+            entry["extra_with_features_path"] = extra_ms / forward_p50
+        report["scorers"][spec.key] = entry
     if auto_threshold:
         # Random weights have no calibrated threshold: take the score exceeded by 0.1 % of the
         # pixels of a warm-up frame, as training's calibration does on road pixels.
-        scores = perception.scorer(logits)
+        with torch.inference_mode():
+            scores = perception.scorer(featured if perception.scorer.requires_features else plain)
         perception.update({"alerts": {"threshold": float(torch.quantile(scores.flatten()[::7].float(), 0.999))}})
 
     for size in frame_sizes:
@@ -324,6 +499,47 @@ def benchmark(
     return report
 
 
+def scorer_markdown(report: dict[str, Any]) -> list[str]:
+    """The "Scorer cost" table: p50/p95, share of the plain forward, target and whether it is met."""
+    forward = report["bare_forward_ms"]["p50"]
+    lines = [
+        f"Scorer cost (pipeline scorer: {report.get('pipeline_scorer', '?')}); share = scorer p50 / plain forward "
+        f"p50 ({forward:.1f} ms), sampled alternately",
+        "",
+        "| scorer | reads | p50 ms | p95 ms | share of forward | target | met |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    notes = []
+    for key, entry in report["scorers"].items():
+        target = entry.get("target")
+        met = entry.get("meets_target")
+        verdict = "–" if met is None else ("yes" if met else "**no**")
+        lines.append(
+            f"| {key} | {entry.get('input', 'plain forward')} | {entry['p50']:.1f} | {entry['p95']:.1f} | "
+            f"{100 * entry['ratio_to_forward']:.1f} % | {'–' if target is None else f'≤ {100 * target:.0f} %'} | "
+            f"{verdict} |"
+        )
+        if entry.get("fit"):
+            notes.append(f"{key}: {entry['fit']}")
+        if entry.get("no_target_reason"):
+            notes.append(f"{key}: no target ({entry['no_target_reason']})")
+        if "extra_with_features_path" in entry:
+            notes.append(
+                f"{key}: with the features path's extra time, {100 * entry['extra_with_features_path']:+.1f} % over "
+                "the plain forward in all"
+            )
+    if "features_forward_ms" in report:
+        extra = report["features_over_bare"] - 1.0
+        notes.insert(
+            0,
+            f"features path (forward_with_features) p50 {report['features_forward_ms']['p50']:.1f} ms: "
+            f"{100 * extra:+.1f} % over the plain forward",
+        )
+    lines.append("")
+    lines += [f"- {note}" for note in notes]
+    return [*lines, ""] if notes else lines
+
+
 def _full_call(
     perception: Perception, messages: Sequence[Any], stages: dict[str, list[float]], render: bool
 ) -> Callable[[], None]:
@@ -367,12 +583,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"| bare forward ({report['backend']}) | {bare['p50']:.1f} | {bare['p95']:.1f} | {bare['p99']:.1f} |",
         f"| bare forward, plain eager fp32 | {eager['p50']:.1f} | {eager['p95']:.1f} | {eager['p99']:.1f} |",
     ]
-    for name, times in report["scorers"].items():
+    if "features_forward_ms" in report:
+        features = report["features_forward_ms"]
         lines.append(
-            f"| scorer {name} (x{times['ratio_to_forward']:.3f} of forward) | {times['p50']:.1f} | "
-            f"{times['p95']:.1f} | {times['p99']:.1f} |"
+            f"| forward with features ({report['backend']}) | {features['p50']:.1f} | {features['p95']:.1f} | "
+            f"{features['p99']:.1f} |"
         )
     lines += ["", f"Speed-up of {report['backend']} over plain eager (p50): x{report['speedup_over_eager']:.2f}", ""]
+    lines += scorer_markdown(report)
     for result in report["results"]:
         full = result["full_call_ms"]
         height, width = result["frame_size"]
