@@ -313,23 +313,26 @@ def parse_override(text: str) -> dict[str, Any]:
     return tree
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The top-level mapping of the YAML file ``path``; errors name the file (as ``what PATH``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} {path} is not valid YAML: {error}") from None
+    if loaded is not None and not isinstance(loaded, Mapping):
+        raise ConfigError(f"{what} {path}: expected a mapping at the top level, got {type(loaded).__name__}")
+    return dict(loaded or {})
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Iterable[str] | Mapping[str, Any] = (),
 ) -> PerceptionConfig:
     """Defaults, then the YAML file at ``path``, then the overrides; validated."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
-        if loaded is not None and not isinstance(loaded, Mapping):
-            raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        data = dict(loaded or {})
+    data = read_yaml_mapping(path, "config file") if path is not None else {}
     if isinstance(overrides, Mapping):
         data = _merge(data, overrides)
     else:

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 
 from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.fileio import atomic_write
 
 LOGGER = logging.getLogger(__name__)
 
@@ -214,19 +214,14 @@ class EngineCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         engine, sidecar = self.engine_path(key), self.sidecar_path(key)
         sidecar.unlink(missing_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{engine.name}.", suffix=ENGINE_SUFFIX, dir=self.folder)
-        os.close(fd)
-        try:
-            saver(Path(tmp_name))
-            engine_hash = file_sha256(Path(tmp_name))
-            # mkstemp creates 0600; give the engine the mode a plain open() would have.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp_name, 0o666 & ~umask)
-            os.replace(tmp_name, engine)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        engine_hash = ""
+
+        def write(tmp: Path) -> None:
+            nonlocal engine_hash
+            saver(tmp)
+            engine_hash = file_sha256(tmp)
+
+        atomic_write(engine, write, suffix=ENGINE_SUFFIX)
         record = {"format": FORMAT_VERSION, "digest": key.digest, "file_sha256": engine_hash, "key": key.to_dict()}
         tmp_sidecar = sidecar.with_name(f".{sidecar.name}.tmp")
         tmp_sidecar.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")

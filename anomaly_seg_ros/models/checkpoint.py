@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from anomaly_seg_ros.errors import CheckpointError, ConfigError
+from anomaly_seg_ros.fileio import atomic_write_bytes
 from anomaly_seg_ros.labels import class_names as default_class_names
 from anomaly_seg_ros.models.heads import HEAD_KINDS, head_kind
 from anomaly_seg_ros.models.registry import (
@@ -69,22 +69,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, metadata:
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     payload = safetensors_bytes(tensors, metadata=header)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(payload)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        # mkstemp creates 0600; give the checkpoint the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, payload)
 
 
 def _checkpoint_metadata(model: nn.Module, metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shlex
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +31,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from anomaly_seg_ros.errors import CheckpointError, ConfigError
+from anomaly_seg_ros.fileio import atomic_write_bytes
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 from anomaly_seg_ros.scoring.base import Scorer
 
@@ -126,19 +126,7 @@ def save_fit(
     }
     tensors = {key: value.detach().cpu().contiguous() for key, value in scorer.state_dict().items()}
     payload = safetensors_bytes(tensors, metadata={FIT_METADATA_KEY: json.dumps(meta)})
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(payload)
-        # mkstemp creates 0600; give the fit the mode a plain open() would have (as checkpoints get).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, payload)
 
 
 def read_fit_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from anomaly_seg_ros.config import _build, parse_override
+from anomaly_seg_ros.config import _build, parse_override, read_yaml_mapping
 from anomaly_seg_ros.errors import ConfigError
 
 
@@ -146,18 +144,7 @@ def load_train_config(
 
     Unknown keys raise ConfigError naming the key and the valid ones.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"training config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"training config file {path} is not valid YAML: {error}") from None
-        if loaded is not None and not isinstance(loaded, Mapping):
-            raise ConfigError(f"training config file {path}: expected a mapping, got {type(loaded).__name__}")
-        data = dict(loaded or {})
+    data = read_yaml_mapping(path, "training config file") if path is not None else {}
     data.update({key: value for key, value in (overrides or {}).items() if value is not None})
     for text in sets:
         data.update(parse_override(text))
