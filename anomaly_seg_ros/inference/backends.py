@@ -372,6 +372,23 @@ def _load_program(path: Path) -> torch.export.ExportedProgram:
     return torch.export.load(path)
 
 
+def _cached_program(
+    graph: nn.Module, request: BackendRequest, backend: str, precision: str, outputs: str
+) -> tuple[nn.Module, str | None]:
+    """The graph's ExportedProgram from the engine cache (exported and stored on a miss), as a module."""
+    program, status = _cached(
+        graph,
+        request,
+        backend,
+        precision,
+        outputs,
+        build=lambda: export_program(graph, _example(request)),
+        save=_save_program,
+        load=_load_program,
+    )
+    return program.module(), status
+
+
 def _build_eager(graph: nn.Module, request: BackendRequest, precision: str, outputs: str) -> tuple[Graph, str | None]:
     device = torch.device(request.device)
     channels_last = _use_channels_last("eager", request)
@@ -380,17 +397,7 @@ def _build_eager(graph: nn.Module, request: BackendRequest, precision: str, outp
     if request.engine_cache:
         # The eager engine is the ExportedProgram of the graph: reloading it skips tracing
         # and pins exactly the graph that was validated when it was exported.
-        program, status = _cached(
-            graph,
-            request,
-            "eager",
-            precision,
-            outputs,
-            build=lambda: export_program(graph, _example(request)),
-            save=_save_program,
-            load=_load_program,
-        )
-        runner = program.module()
+        runner, status = _cached_program(graph, request, "eager", precision, outputs)
     if channels_last:
         runner = runner.to(memory_format=torch.channels_last)
     fn = _with_autocast(runner, device, precision)
@@ -411,17 +418,7 @@ def _build_compile(graph: nn.Module, request: BackendRequest, precision: str, ou
     if request.engine_cache:
         # torch.compile output cannot be serialised; the cache holds the exported graph and
         # Inductor's own on-disk kernel cache makes the recompilation at start-up cheap.
-        program, status = _cached(
-            graph,
-            request,
-            "compile",
-            precision,
-            outputs,
-            build=lambda: export_program(graph, _example(request)),
-            save=_save_program,
-            load=_load_program,
-        )
-        source = program.module()
+        source, status = _cached_program(graph, request, "compile", precision, outputs)
     try:
         compiled = torch.compile(source, mode=None if mode == "default" else mode, fullgraph=False)
         fn = _with_autocast(compiled, device, precision)
