@@ -22,41 +22,15 @@ masks are constants of the loss: they are computed without gradient.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
-import cv2
-import numpy as np
 import torch
 
 from anomaly_seg_ros.errors import ConfigError
 from anomaly_seg_ros.labels import IGNORE_INDEX
+from anomaly_seg_ros.scoring.ensemble import ensemble_entropy  # noqa: F401  (re-exported: the loss's PU)
+from anomaly_seg_ros.scoring.instance import instance_mean
 
 
 @torch.no_grad()
-def ensemble_entropy(
-    members: Sequence[torch.Tensor], *, probabilities: bool = False, normalize: bool = False
-) -> torch.Tensor:
-    r"""Predictive entropy ``(N, H, W)`` of the mean softmax of ``M`` ensemble members.
-
-    ``members``: ``M`` tensors ``(N, C, H, W)``, logits by default, or class probabilities with
-    ``probabilities=True``. :math:`0 \ln 0` is taken as 0.
-    """
-    if isinstance(members, torch.Tensor) or len(members) == 0:
-        raise ConfigError("ensemble_entropy expects a non-empty list of (N, C, H, W) tensors, one per member")
-    shape = members[0].shape
-    for index, member in enumerate(members):
-        if member.ndim != 4 or member.shape != shape or member.shape[1] < 2:
-            raise ValueError(
-                f"ensemble member {index} has shape {tuple(member.shape)}; every member must be (N, C, H, W) "
-                f"with C >= 2 and the shape of member 0 {tuple(shape)}"
-            )
-    probs = [m.float() if probabilities else torch.softmax(m.float(), dim=1) for m in members]
-    mean = torch.stack(probs).mean(dim=0)
-    entropy = -torch.special.xlogy(mean, mean).sum(dim=1)
-    return entropy / math.log(shape[1]) if normalize else entropy
-
-
 @torch.no_grad()
 def instance_uncertainty(
     entropy: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX, *, connectivity: int = 8
@@ -77,21 +51,8 @@ def instance_uncertainty(
         )
     if labels.is_floating_point():
         raise ValueError(f"labels must be integer trainIds, got {labels.dtype}")
-    pu = entropy.detach().to("cpu", torch.float64).numpy()
-    lab = labels.detach().to("cpu", torch.int64).numpy()
-    out = np.zeros_like(pu)
-    for n in range(lab.shape[0]):
-        for cls in np.unique(lab[n]):
-            if cls == ignore_index:
-                continue
-            mask = lab[n] == cls
-            count, components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=connectivity)
-            # Component 0 is the background of this class mask; its (meaningless) mean is never read.
-            sums = np.bincount(components[mask], weights=pu[n][mask], minlength=count)
-            sizes = np.bincount(components[mask], minlength=count)
-            means = sums / np.maximum(sizes, 1)
-            out[n][mask] = means[components[mask]]
-    return torch.from_numpy(out).to(device=entropy.device, dtype=entropy.dtype)
+    means = instance_mean(entropy.detach(), labels, connectivity=connectivity)
+    return means.masked_fill(labels == ignore_index, 0.0)
 
 
 def iu_pixel_weights(iu: torch.Tensor) -> torch.Tensor:

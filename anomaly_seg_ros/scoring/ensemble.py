@@ -42,11 +42,35 @@ def ensemble_log_probs(member_logits: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.log_softmax(logits, dim=1) for logits in member_logits])
 
 
+def ensemble_entropy(
+    members: Sequence[torch.Tensor], *, probabilities: bool = False, normalize: bool = False
+) -> torch.Tensor:
+    r"""Predictive entropy ``(N, H, W)`` of the mean softmax of ``M`` ensemble members.
+
+    ``members``: ``M`` tensors ``(N, C, H, W)``, logits by default, or class probabilities with
+    ``probabilities=True``. :math:`0 \ln 0` is taken as 0.
+    """
+    if isinstance(members, torch.Tensor) or len(members) == 0:
+        raise ConfigError("ensemble_entropy expects a non-empty list of (N, C, H, W) tensors, one per member")
+    shape = members[0].shape
+    for index, member in enumerate(members):
+        if member.ndim != 4 or member.shape != shape or member.shape[1] < 2:
+            raise ValueError(
+                f"ensemble member {index} has shape {tuple(member.shape)}; every member must be (N, C, H, W) "
+                f"with C >= 2 and the shape of member 0 {tuple(shape)}"
+            )
+    # float32/float64 stay as they are; half precision is widened for the log.
+    wide = [m if m.dtype in (torch.float32, torch.float64) else m.float() for m in members]
+    probs = wide if probabilities else [torch.softmax(m, dim=1) for m in wide]
+    mean = torch.stack(probs).mean(dim=0)
+    entropy = -torch.special.xlogy(mean, mean).sum(dim=1)
+    return entropy / math.log(shape[1]) if normalize else entropy
+
+
 def predictive_entropy(member_logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    """:math:`H[\\frac1M\\sum_m p_m] / \\log C`, (N, H, W)."""
-    log_probs = ensemble_log_probs(member_logits)
-    mean_log = torch.logsumexp(log_probs, dim=0) - math.log(log_probs.shape[0])
-    return entropy(mean_log, dim=1) / math.log(log_probs.shape[2])
+    """:math:`H[\\frac1M\\sum_m p_m] / \\log C`, (N, H, W): the entropy the training
+    loss's instance uncertainty uses (seed 003 eq. 2), normalised."""
+    return ensemble_entropy(member_logits, normalize=True)
 
 
 def mutual_information(member_logits: Sequence[torch.Tensor]) -> torch.Tensor:

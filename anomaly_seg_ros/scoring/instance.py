@@ -25,8 +25,8 @@ from anomaly_seg_ros.models.outputs import SegmentationOutput
 from anomaly_seg_ros.scoring.base import Scorer
 
 
-def instance_components(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components of each class of an ``(H, W)`` label map.
+def instance_components(labels: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
+    """``connectivity``-connected (8 or 4) components of each class of an ``(H, W)`` label map.
 
     Returns an int32 map of instance ids ``0..K-1`` (every pixel belongs to exactly one
     instance) and ``K``.
@@ -35,7 +35,7 @@ def instance_components(labels: np.ndarray) -> tuple[np.ndarray, int]:
     count = 0
     for value in np.unique(labels):
         mask = (labels == value).astype(np.uint8)
-        found, components = cv2.connectedComponents(mask, connectivity=8)
+        found, components = cv2.connectedComponents(mask, connectivity=connectivity)
         # component 0 is the background of this class mask; shift the others into the global id range
         inside = components > 0
         ids[inside] = components[inside] - 1 + count
@@ -43,8 +43,11 @@ def instance_components(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return ids, count
 
 
-def instance_mean(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def instance_mean(scores: torch.Tensor, labels: torch.Tensor, *, connectivity: int = 8) -> torch.Tensor:
     """Seed 003 eq. 7: each pixel gets the mean score of its 8-connected same-label instance.
+
+    The one implementation of the instance mean: the scorers' ``instance: true`` and the
+    training loss's instance uncertainty (``losses.instance_uncertainty``) both use it.
 
     ``scores`` ``(N, H, W)`` float, ``labels`` ``(N, H, W)`` integer, same shape. The
     components are found on the CPU (OpenCV); the means are taken on the scores' device.
@@ -56,7 +59,7 @@ def instance_mean(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         )
     out = torch.empty_like(scores)
     for index, label_map in enumerate(labels.cpu().numpy()):
-        ids_np, count = instance_components(label_map)
+        ids_np, count = instance_components(label_map, connectivity)
         ids = torch.from_numpy(ids_np).to(scores.device).view(-1).long()
         flat = scores[index].reshape(-1)
         sums = torch.zeros(count, dtype=scores.dtype, device=scores.device).index_add_(0, ids, flat)
