@@ -20,7 +20,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from anomaly_seg_ros.data.synthetic_bag import SequenceTopics  # noqa: E402
+from anomaly_seg_ros.replay.synthetic_bag import SequenceTopics  # noqa: E402
 from anomaly_seg_ros.ros import messages  # noqa: E402
 from anomaly_seg_ros.ros.node import AnomalySegNode  # noqa: E402
 
