@@ -31,10 +31,12 @@ _DRAWS = 7
 
 
 def _resize_nearest(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(H, W) float map -> ``size`` by nearest neighbour, the rule :func:`resize_labels` uses."""
-    if tuple(values.shape) == tuple(size):
+    """(H, W) or (K, H, W) float maps -> ``size`` by nearest neighbour, the rule :func:`resize_labels` uses."""
+    if tuple(values.shape[-2:]) == tuple(size):
         return values
-    return F.interpolate(values[None, None], size=tuple(size), mode="nearest")[0, 0]
+    stacked = values if values.ndim == 3 else values[None]
+    resized = F.interpolate(stacked[None], size=tuple(size), mode="nearest")[0]
+    return resized if values.ndim == 3 else resized[0]
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -97,15 +99,15 @@ class Augmentation:
     ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(3, H, W) uint8 image and (H, W) integer labels -> the same at ``output_size`` (uint8 both).
 
-        ``weights``, an optional (H, W) float map aligned with the labels (the instance
-        uncertainty of seed 003), moves with the labels (nearest neighbour, 0 where padded) and
-        is returned as a third tensor.
+        ``weights``, an optional (H, W) or (K, H, W) float map aligned with the labels (the
+        instance uncertainty of seed 003, the pasted-outlier mask), moves with the labels
+        (nearest neighbour, 0 where padded) and is returned as a third tensor.
         """
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be a (3, H, W) uint8 tensor, got {tuple(image.shape)} {image.dtype}")
         if labels.shape != image.shape[1:]:
             raise ValueError(f"labels {tuple(labels.shape)} must match the image size {tuple(image.shape[1:])}")
-        if weights is not None and weights.shape != labels.shape:
+        if weights is not None and (weights.shape[-2:] != labels.shape or weights.ndim not in (2, 3)):
             raise ValueError(f"weights {tuple(weights.shape)} must match the labels {tuple(labels.shape)}")
         draws = torch.rand(_DRAWS, generator=generator, dtype=torch.float64).tolist()
         low, high = self.scale_range

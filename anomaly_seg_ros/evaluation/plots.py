@@ -198,23 +198,59 @@ def write_grid_plots(out: Path, results: dict[str, Any], folders: dict[tuple[str
     return written
 
 
-def plot_pr_curve(path: Path, curves: dict[str, tuple[np.ndarray, ...]], positive_ratio: float) -> None:
-    """Precision-recall curves ``(precision, recall, ...)``, one line per method, chance level drawn."""
+def pr_axis_limits(curves: dict[str, tuple[np.ndarray, ...]], positive_ratio: float) -> tuple[str, float, float]:
+    """(scale, bottom, top) of the precision axis that makes the curves visible.
+
+    A linear 0-1 axis flattens a rare-anomaly curve (chance 0.2 %, AuPRC 0.4 %) onto its
+    floor. When chance is below 10 % the axis is logarithmic, from a third of the lowest of
+    chance and the curves' precision (over recall > 0) up to 1, so chance and the curves sit a
+    readable distance apart; otherwise it is linear 0-1.
+    """
+    if positive_ratio >= 0.1 or positive_ratio <= 0:
+        return "linear", 0.0, 1.02
+    lows = [positive_ratio]
+    for precision, recall, *_ in curves.values():
+        precision, recall = np.asarray(precision, float), np.asarray(recall, float)
+        shown = precision[(recall > 0) & (precision > 0)]
+        if shown.size:
+            lows.append(float(shown.min()))
+    return "log", max(min(lows) / 3.0, 1e-6), 1.05
+
+
+def plot_pr_curve(
+    path: Path,
+    curves: dict[str, tuple[np.ndarray, ...]],
+    positive_ratio: float,
+    *,
+    operating_points: dict[str, tuple[float, float]] | None = None,
+    title: str = "Anomaly pixels: precision-recall",
+) -> None:
+    """Precision-recall curves ``(precision, recall, ...)``, one line per method, chance level drawn.
+
+    The precision axis is chosen by :func:`pr_axis_limits` (logarithmic for rare anomalies).
+    ``operating_points`` maps a label to (precision, recall) at a deployed threshold, drawn as
+    a marker.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(5, 4), dpi=120)
+    figure, axes = plt.subplots(figsize=(5.5, 4.2), dpi=120)
     for label, (precision, recall, *_) in curves.items():
         axes.plot(recall, precision, label=label)
-    axes.axhline(positive_ratio, color="grey", linestyle="--", label=f"chance ({positive_ratio:.3f})")
+    axes.axhline(positive_ratio, color="grey", linestyle="--", label=f"chance ({100 * positive_ratio:.2f} %)")
+    for label, (precision, recall) in (operating_points or {}).items():
+        axes.plot([recall], [precision], marker="o", color="black", linestyle="none", label=label)
+    scale, bottom, top = pr_axis_limits(curves, positive_ratio)
+    axes.set_yscale(scale)
     axes.set_xlabel("recall")
-    axes.set_ylabel("precision")
+    axes.set_ylabel("precision" + (" (log scale)" if scale == "log" else ""))
     axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1.02)
-    axes.set_title("Anomaly pixels: precision-recall")
-    axes.legend(loc="upper right")
+    axes.set_ylim(bottom, top)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.set_title(title)
+    axes.legend(loc="upper right", fontsize="small")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

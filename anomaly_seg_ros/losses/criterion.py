@@ -33,6 +33,11 @@ name          parameters                        per-pixel loss :math:`\ell(i)`, 
                                                 :math:`z = -|d_s| \lVert \hat f - \hat p \rVert` (seed 000 eq. 8)
 ============  ================================  ==================================================
 
+Outlier-exposure terms (``energy_margin``, ``outlier_void``, ``outlier_entropy``; see
+:mod:`anomaly_seg_ros.losses.outlier`) take the same spec form and act on the pixels that the
+``outlier_mask`` argument of the forward marks (pasted outliers, labelled ignore so the terms
+above skip them), on the main logits only; their weight multiplies their scalar.
+
 Seed 000 Table 4 as specs (ERFNet; the IsoMax rows need ``build_model(..., head="isomax")``)::
 
     Logit            [{"name": "logitnorm"}]
@@ -68,6 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomaly_seg_ros.common.errors import ConfigError, DatasetError
+from anomaly_seg_ros.losses.outlier import OUTLIER_TERMS, OutlierTerm
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 
 #: Added to the logit norm in LogitNorm, as in the paper's code, so zero logits do not divide by 0.
@@ -176,18 +182,22 @@ _PARAM_RULES: dict[str, tuple[Any, str]] = {
     "gamma": (lambda v: v >= 0.0, "a finite number >= 0"),
     "temperature": (lambda v: v > 0.0, "a finite number > 0"),
     "entropic_scale": (lambda v: v > 0.0, "a finite number > 0"),
+    "margin_in": (lambda v: True, "a finite number"),
+    "margin_out": (lambda v: True, "a finite number"),
 }
+_ALL_TERMS: dict[str, type[LossTerm] | type[OutlierTerm]] = {**LOSS_TERMS, **OUTLIER_TERMS}
 
 
-def _term_from_spec(spec: Mapping[str, Any], index: int) -> LossTerm:
+def _term_from_spec(spec: Mapping[str, Any], index: int) -> LossTerm | OutlierTerm:
     where = f"loss spec [{index}]"
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{where} must be a mapping with a 'name' key, got {type(spec).__name__}")
     name = spec.get("name")
-    if name not in LOSS_TERMS:
-        raise ConfigError(f"{where}: unknown loss name {name!r}; allowed: {', '.join(LOSS_TERMS)}")
-    cls = LOSS_TERMS[name]
-    allowed = ("name", "weight", "class_weighted", *cls.defaults)
+    if name not in _ALL_TERMS:
+        raise ConfigError(f"{where}: unknown loss name {name!r}; allowed: {', '.join(_ALL_TERMS)}")
+    cls = _ALL_TERMS[name]
+    common = ("name", "weight", "class_weighted") if name in LOSS_TERMS else ("name", "weight")
+    allowed = (*common, *cls.defaults)
     unknown = sorted(str(key) for key in spec if key not in allowed)
     if unknown:
         raise ConfigError(f"{where} ({name}): unknown key(s) {unknown}; allowed keys: {', '.join(allowed)}")
@@ -206,7 +216,14 @@ def _term_from_spec(spec: Mapping[str, Any], index: int) -> LossTerm:
         if not check(float(value)):
             raise ConfigError(f"{where} ({name}): {key!r} must be {expected}, got {value!r}")
         kwargs[key] = float(value)
-    return cls(**kwargs)
+    term = cls(**kwargs)
+    if isinstance(term, OutlierTerm) and "margin_in" in term.params:
+        if not term.params["margin_in"] < term.params["margin_out"]:
+            raise ConfigError(
+                f"{where} ({name}): margin_in must be below margin_out (in-distribution energy is lower), "
+                f"got {term.params['margin_in']} and {term.params['margin_out']}"
+            )
+    return term
 
 
 class Criterion(nn.Module):
@@ -216,7 +233,7 @@ class Criterion(nn.Module):
 
     def __init__(
         self,
-        terms: Sequence[LossTerm],
+        terms: Sequence[LossTerm | OutlierTerm],
         *,
         num_classes: int,
         class_weights: torch.Tensor | None = None,
@@ -224,7 +241,8 @@ class Criterion(nn.Module):
         aux_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        self.terms = nn.ModuleList(terms)
+        self.terms = nn.ModuleList(term for term in terms if isinstance(term, LossTerm))
+        self.outlier_terms = nn.ModuleList(term for term in terms if isinstance(term, OutlierTerm))
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
@@ -232,7 +250,11 @@ class Criterion(nn.Module):
 
     @property
     def names(self) -> list[str]:
-        return [term.name for term in self.terms]
+        return [term.name for term in (*self.terms, *self.outlier_terms)]
+
+    @property
+    def uses_outliers(self) -> bool:
+        return len(self.outlier_terms) > 0
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ConfigError when a term does not fit ``model`` (IsoMax+ loss needs an IsoMax+ head)."""
@@ -246,6 +268,12 @@ class Criterion(nn.Module):
         classes = getattr(model, "num_classes", self.num_classes)
         if classes != self.num_classes:
             raise ConfigError(f"criterion built for {self.num_classes} classes, model has {classes}")
+        for term in self.outlier_terms:
+            if term.needs_classes is not None and term.needs_classes != self.num_classes:
+                raise ConfigError(
+                    f"loss {term.name!r} needs a {term.needs_classes}-class model (num_classes: "
+                    f"{term.needs_classes}, void = class {term.needs_classes - 1}); this one has {self.num_classes}"
+                )
 
     def forward(
         self,
@@ -253,8 +281,10 @@ class Criterion(nn.Module):
         target: torch.Tensor,
         *,
         pixel_weights: torch.Tensor | None = None,
+        outlier_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scalar loss of one forward pass; ``target`` ``(N, H, W)`` trainIds, ``pixel_weights`` ``(N, H, W)``."""
+        """Scalar loss of one forward pass; ``target`` ``(N, H, W)`` trainIds, ``pixel_weights`` ``(N, H, W)``,
+        ``outlier_mask`` ``(N, H, W)`` bool: the pasted outliers' pixels (None: none)."""
         if not isinstance(output, SegmentationOutput):
             output = SegmentationOutput(logits=output)
         target = self._check_target(output.logits, target)
@@ -267,6 +297,17 @@ class Criterion(nn.Module):
         total = self._loss(output.logits, safe_target, valid, pixel_weights)
         for aux in output.aux_logits:
             total = total + self.aux_weight * self._loss(aux, safe_target, valid, pixel_weights)
+        if self.outlier_terms:
+            if outlier_mask is None:
+                outlier_mask = torch.zeros_like(valid)
+            elif outlier_mask.shape != target.shape:
+                raise ValueError(
+                    f"outlier_mask must have the target's shape {tuple(target.shape)}, got {tuple(outlier_mask.shape)}"
+                )
+            outlier_mask = outlier_mask.bool()
+            inlier = valid & ~outlier_mask
+            for term in self.outlier_terms:
+                total = total + term.weight * term.loss(output.logits, inlier, outlier_mask)
         return total
 
     def _loss(

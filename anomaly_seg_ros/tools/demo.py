@@ -1,11 +1,14 @@
 """``anomaly-seg demo``: the whole pipeline on synthetic data, on a CPU, in a few minutes.
 
 1. held-out synthetic scenes: a Cityscapes-layout validation split and an anomaly set,
-2. the demo model: ``checkpoints/erfnet_synthetic.safetensors`` (ERFNet trained on the
-   synthetic scenes with ``config/train_synthetic.yaml``; ``--train`` retrains it here),
+2. the demo model: ``checkpoints/erfnet_synthetic_oe.safetensors`` (ERFNet trained on the
+   synthetic scenes with ``config/train_synthetic.yaml``, then fine-tuned with outlier exposure
+   by ``config/train_synthetic_oe.yaml``; ``--train`` runs both here),
 3. a synthetic driving rosbag (mcap) with anomalies that appear far away and grow,
 4. that bag replayed through the perception core into an output bag,
-5. a report folder: metrics (JSON + Markdown), PR curves and overlay images.
+5. a report folder: metrics (JSON + Markdown), PR curves, overlay images (colour bar, threshold,
+   ground-truth outline) and a per-obstacle review under a strict detection rule with thumbnails
+   of the false alerts (:mod:`anomaly_seg_ros.replay.drive_review`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import numpy as np
 from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.common.labels import class_names
 from anomaly_seg_ros.core.config import load_config
-from anomaly_seg_ros.core.perception import Perception, PerceptionResult
+from anomaly_seg_ros.core.ground import GroundModel
+from anomaly_seg_ros.core.perception import Perception
+from anomaly_seg_ros.core.visualization import report_overlay
 from anomaly_seg_ros.data import camera_intrinsics
 from anomaly_seg_ros.data.datasets import AnomalyDataset, CityscapesDataset
 from anomaly_seg_ros.data.layout import generate_datasets, road_obstacle_scene, split_seed, write_anomaly_set
@@ -28,15 +33,18 @@ from anomaly_seg_ros.data.synthetic import render_scene
 from anomaly_seg_ros.evaluation.grid import evaluate_scorers, evaluate_segmentation
 from anomaly_seg_ros.evaluation.plots import plot_pr_curve
 from anomaly_seg_ros.metrics.ood import anomaly_ratio
+from anomaly_seg_ros.replay.drive_review import DriveRecorder, read_ground_truth, review_drive, write_drive_review
 from anomaly_seg_ros.replay.runner import ReplayOptions, replay_bag
 from anomaly_seg_ros.replay.summary import markdown_summary, save_rgb, write_report
-from anomaly_seg_ros.replay.synthetic_bag import write_sequence_bag
+from anomaly_seg_ros.replay.synthetic_bag import SequenceTopics, write_sequence_bag
 from anomaly_seg_ros.scoring import logit_scorers
 from anomaly_seg_ros.training import BEST_CHECKPOINT, load_train_config, train
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_CHECKPOINT = REPO / "checkpoints" / "erfnet_synthetic.safetensors"
+DEMO_CHECKPOINT = REPO / "checkpoints" / "erfnet_synthetic_oe.safetensors"
 TRAIN_CONFIG = REPO / "config" / "train_synthetic.yaml"
+#: Outlier-exposure fine-tuning of the model of TRAIN_CONFIG: the demo model.
+OE_TRAIN_CONFIG = REPO / "config" / "train_synthetic_oe.yaml"
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
 #: Dataset seed of the demo's held-out scenes; the demo model was trained on seed 0.
 HELD_OUT_SEED = 1
@@ -60,7 +68,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--train",
         action="store_true",
-        help="retrain the demo model from scratch with config/train_synthetic.yaml first (about 40 min on 2 cores)",
+        help="retrain the demo model first: config/train_synthetic.yaml from scratch, then the outlier-exposure "
+        "fine-tuning of config/train_synthetic_oe.yaml (about 60 min on 2 idle cores)",
     )
     parser.add_argument("--config", help="perception YAML (default: config/demo.yaml)")
     parser.add_argument("--frames", type=int, default=120, help="frames in the synthetic bag (default: %(default)s)")
@@ -76,15 +85,25 @@ def _existing(path: Path, what: str) -> Path:
 
 
 def _train_demo_model(out: Path, progress: bool) -> Path:
-    """Reproduce the shipped checkpoint: the data and training commands of config/train_synthetic.yaml."""
+    """Reproduce the shipped checkpoint: the data and training commands of config/train_synthetic.yaml,
+    then the outlier-exposure fine-tuning of config/train_synthetic_oe.yaml on top of it."""
     config = load_train_config(TRAIN_CONFIG)
     height, width = config.input_size
     data = generate_datasets(
-        out / "train_data", num_train=600, num_val=60, num_anomaly=0, height=height, width=width, seed=config.seed
+        out / "train_data", num_train=600, num_val=60, num_anomaly=60, height=height, width=width, seed=config.seed
     )
     config.data = str(data["cityscapes_root"])
     train(config, out / "model", progress=progress)
-    return out / "model" / BEST_CHECKPOINT
+    fine_tune = load_train_config(
+        OE_TRAIN_CONFIG,
+        {
+            "data": str(data["cityscapes_root"]),
+            "init_checkpoint": str(out / "model" / BEST_CHECKPOINT),
+            "anomaly_val": [str(data["anomaly_root"])],
+        },
+    )
+    train(fine_tune, out / "model_oe", progress=progress)
+    return out / "model_oe" / BEST_CHECKPOINT
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,18 +169,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"[3/5] synthetic driving bag: {bag_dir}")
 
     step = time.perf_counter()
-    overlay_dir = report_dir / "overlays"
-    overlay_dir.mkdir(parents=True, exist_ok=True)
     picks = set(np.linspace(0, args.frames - 1, OVERLAYS).round().astype(int).tolist())
-
-    def save_overlay(index: int, frame: np.ndarray, result: PerceptionResult) -> None:
-        if index in picks and result.overlay is not None and result.color is not None:
-            save_rgb(overlay_dir / f"frame_{index:04d}.png", np.concatenate([result.overlay, result.color], axis=0))
-
+    recorder = DriveRecorder(picks)
     camera = camera_intrinsics(BAG_SEED, height=512, width=1024)
     options = ReplayOptions(camera_height_m=camera.mount_height)
-    report = replay_bag(bag_dir, replay_dir, perception, options, on_frame=save_overlay, progress=progress)
+    report = replay_bag(bag_dir, replay_dir, perception, options, on_frame=recorder, progress=progress)
     timings["replay"] = time.perf_counter() - step
+    truth = read_ground_truth(bag_dir, SequenceTopics().ground_truth)
+    ground = GroundModel(camera.fx, camera.fy, camera.cx, camera.cy, camera.mount_height)
+    review = review_drive(recorder, truth, ground=ground)
+    _save_overlays(report_dir / "overlays", recorder, truth, perception)
     print(f"[4/5] replayed into {replay_dir}")
     timings["total"] = time.perf_counter() - started
 
@@ -174,11 +191,34 @@ def run(args: argparse.Namespace) -> int:
     }
     bag_curve = {f"{perception.scorer.name} (bag replay)": report.pr_curve} if report.pr_curve else None
     write_report(report_dir, summary, pr_curves=bag_curve, extra=extra)
+    review_md = write_drive_review(report_dir, review, recorder)
+    with (report_dir / "report.md").open("a", encoding="utf-8") as page:
+        page.write("\n" + review_md)
+    (report_dir / "drive_review.json").write_text(json.dumps(review, indent=2) + "\n")
     _write_evaluation(report_dir, confusion, per_scorer)
     print(markdown_summary(summary, extra))
+    print(review_md, end="")
     print((report_dir / "evaluation.md").read_text(), end="")
     print(f"[5/5] report in {report_dir}")
     return 0
+
+
+def _save_overlays(folder: Path, recorder: DriveRecorder, truth: list[np.ndarray], perception: Perception) -> None:
+    """The picked frames: heatmap with alert boxes, ground-truth outline and colour bar, over the segmentation."""
+    folder.mkdir(parents=True, exist_ok=True)
+    value_range = perception.heatmap_range
+    for index, (frame, result) in sorted(recorder.picked.items()):
+        view = report_overlay(
+            frame,
+            result.anomaly,
+            value_range,
+            threshold=result.threshold,
+            alerts=result.alerts,
+            ground_truth=truth[index] if index < len(truth) else None,
+        )
+        if result.color is not None:
+            view = np.concatenate([view, result.color], axis=0)
+        save_rgb(folder / f"frame_{index:04d}.png", view)
 
 
 def _write_evaluation(folder: Path, confusion, per_set: dict[str, dict]) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.core.config import _build, parse_override, read_yaml_mapping
+from anomaly_seg_ros.data.outliers import OutlierSettings
 
 
 def _default_losses() -> list[dict[str, Any]]:
@@ -81,6 +82,15 @@ class TrainConfig:
     iu_mode: Literal["none", "precomputed", "cotrain"] = "none"
     iu_masks: str = ""
     iu_members: list[str] = field(default_factory=list)
+    #: Fine-tuning: start from this checkpoint's weights (strict load: same model, classes and head)
+    #: instead of a random initialisation. The usual outlier-exposure practice: a few epochs on top.
+    init_checkpoint: str = ""
+    #: Outlier exposure: objects pasted into the training scenes (data/outliers.py); the outlier
+    #: loss terms (energy_margin, outlier_void, outlier_entropy) act on their pixels.
+    outliers: OutlierSettings = field(default_factory=OutlierSettings)
+    #: Anomaly sets (folders of the AnomalyDataset layout) scored after training with the
+    #: logit scorers; AuPRC / FPR95 / AUROC are written beside the validation mIoU.
+    anomaly_val: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         checks = [
@@ -128,6 +138,9 @@ class TrainConfig:
         for ok, key, expected in checks:
             if not ok:
                 raise ConfigError(f"train.{key}: expected {expected}, got {getattr(self, key)!r}")
+        self.outliers.validate()
+        if self.outliers.enabled and self.iu_mode == "cotrain":
+            raise ConfigError("train.outliers: outlier exposure is not available with iu_mode cotrain")
 
     @property
     def train_size(self) -> tuple[int, int]:

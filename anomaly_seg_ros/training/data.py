@@ -13,6 +13,7 @@ from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.common.labels import IGNORE_INDEX
 from anomaly_seg_ros.data.augment import Augmentation, sample_generator
 from anomaly_seg_ros.data.datasets import CityscapesDataset
+from anomaly_seg_ros.data.outliers import OutlierPaster
 from anomaly_seg_ros.training.config import TrainConfig
 from anomaly_seg_ros.training.distributed import DistContext
 from anomaly_seg_ros.training.iu_masks import read_iu_mask
@@ -40,9 +41,11 @@ class SegmentationSamples(Dataset):
         num_classes: int = 19,
         seed: int = 0,
         iu_masks: str | Path | None = None,
+        outliers: OutlierPaster | None = None,
     ) -> None:
         self.items = CityscapesDataset(root, split, num_classes=num_classes)
         self.iu_masks = iu_masks
+        self.outliers = outliers
         self.augmentation = augmentation or Augmentation(tuple(input_size), hflip=hflip)
         self.seed = seed
         self.epoch = 0
@@ -54,17 +57,32 @@ class SegmentationSamples(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        """(image, labels), plus the instance-uncertainty map moved with the labels when ``iu_masks`` is set."""
+        """(image, labels), then the instance-uncertainty map when ``iu_masks`` is set, then the
+        pasted-outlier mask (bool) when ``outliers`` is set; both move with the labels.
+
+        Outliers are pasted at the stored resolution, before the augmentation, from a numpy
+        stream of (seed, epoch, index): the same sample every time, whatever the workers.
+        """
         image, labels = self.items[index]
+        maps: list[torch.Tensor] = []
+        if self.iu_masks:
+            maps.append(torch.from_numpy(read_iu_mask(self.iu_masks, self.items, index, labels.shape)).float())
+        if self.outliers is not None:
+            rng = np.random.default_rng([int(self.seed), int(self.epoch), int(index), 0x0E])
+            pasted = self.outliers(image, labels, rng)
+            image, labels = pasted.image, pasted.labels
+            maps.append(torch.from_numpy(pasted.mask).float())
         image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         labels_t = torch.from_numpy(np.ascontiguousarray(labels))
         generator = sample_generator(self.seed, self.epoch, index)
-        if self.iu_masks:
-            iu = torch.from_numpy(read_iu_mask(self.iu_masks, self.items, index, labels.shape))
-            image_t, labels_t, iu = self.augmentation(image_t, labels_t, generator, iu)
-            return image_t, labels_t.long(), iu
-        image_t, labels_t = self.augmentation(image_t, labels_t, generator)
-        return image_t, labels_t.long()
+        if not maps:
+            image_t, labels_t = self.augmentation(image_t, labels_t, generator)
+            return image_t, labels_t.long()
+        image_t, labels_t, moved = self.augmentation(image_t, labels_t, generator, torch.stack(maps))
+        extras = list(moved.unbind(0))
+        if self.outliers is not None:
+            extras[-1] = extras[-1] > 0.5
+        return (image_t, labels_t.long(), *extras)
 
 
 def augmentation_from_config(config: TrainConfig) -> Augmentation:
@@ -88,6 +106,7 @@ def training_samples(config: TrainConfig) -> SegmentationSamples:
         num_classes=config.num_classes,
         seed=config.seed,
         iu_masks=config.iu_masks if config.iu_mode == "precomputed" else None,
+        outliers=OutlierPaster(config.outliers) if config.outliers.enabled else None,
     )
 
 

@@ -331,6 +331,11 @@ def _train(
     normalization = model_defaults(config.model)
 
     saved = _load_resume_state(out_dir, model, context) if resume else {}
+    if config.init_checkpoint and not saved:
+        # Fine-tuning: strict load (same model, classes and head), or a CheckpointError naming the file.
+        load_weights(model, config.init_checkpoint)
+        if main:
+            log.info("fine-tuning from %s", config.init_checkpoint)
     state = saved.get("state", {})
     if "class_weights" in state:
         class_weights = state["class_weights"]
@@ -344,6 +349,12 @@ def _train(
         aux_weight=config.aux_weight,
     )
     criterion.check_model(model)
+    if criterion.uses_outliers != config.outliers.enabled:
+        raise ConfigError(
+            "train.outliers / train.losses: outlier loss terms (energy_margin, outlier_void, outlier_entropy) "
+            "need train.outliers.source set, and pasted outliers need one of those terms; got source "
+            f"{config.outliers.source!r} with losses {criterion.names}"
+        )
     criterion = criterion.to(device)
 
     model = model.to(device)
@@ -415,15 +426,17 @@ def _train(
             batches = tqdm(
                 loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and main), leave=False
             )
-            for images, labels, *iu in batches:
+            for images, labels, *extras in batches:
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
+                # Extras in the order of SegmentationSamples: instance uncertainty, then the outlier mask.
+                outlier_mask = extras.pop().to(device, non_blocking=True) if config.outliers.enabled else None
                 # Precomputed instance uncertainty (seed 003): CE * (1 + IU)^2.
-                pixel_weights = iu_pixel_weights(iu[0].to(device, non_blocking=True)) if iu else None
+                pixel_weights = iu_pixel_weights(extras[0].to(device, non_blocking=True)) if extras else None
                 inputs = normalize_images(images, tuple(images.shape[-2:]), normalization["mean"], normalization["std"])
                 with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                     output = _as_output(net(inputs))
-                    loss = criterion(output, labels, pixel_weights=pixel_weights)
+                    loss = criterion(output, labels, pixel_weights=pixel_weights, outlier_mask=outlier_mask)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -484,7 +497,67 @@ def _train(
             best.to(device), val_loader(val_set, config, DistContext(device=device)), config, device=device
         )
         save_checkpoint(best, best_path, metadata=metadata)
+        if config.anomaly_val:
+            metadata["metrics"]["anomaly"] = evaluate_anomaly_sets(best, config, device=device)
+            _write_anomaly_report(out_dir, metadata["metrics"])
+            save_checkpoint(best, best_path, metadata=metadata)
     return history
+
+
+@torch.inference_mode()
+def evaluate_anomaly_sets(
+    model: nn.Module, config: TrainConfig, *, device: torch.device | str = "cpu"
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per anomaly set of ``config.anomaly_val`` and per logit scorer: AuPRC, FPR95, AUROC over all pixels.
+
+    Images are preprocessed as at inference (``input_size``); scores are compared with the
+    ground truth at the network's resolution (labels by nearest neighbour).
+    """
+    from anomaly_seg_ros.data.datasets import AnomalyDataset
+    from anomaly_seg_ros.inference.preprocess import resize_labels
+    from anomaly_seg_ros.metrics.ood import StreamingOODMetrics
+    from anomaly_seg_ros.scoring import logit_scorers
+
+    normalization = model_defaults(config.model)
+    model = model.to(device).eval()
+    scorers = {}
+    for name in logit_scorers():
+        scorer = get_scorer(name)
+        try:
+            scorer.bind(model)
+        except ConfigError:
+            continue
+        scorers[name] = scorer
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for root in config.anomaly_val:
+        dataset = AnomalyDataset(root)
+        metrics = {name: StreamingOODMetrics() for name in scorers}
+        for index in range(len(dataset)):
+            image, truth = dataset[index]
+            images = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
+            inputs = normalize_images(images, config.input_size, normalization["mean"], normalization["std"])
+            logits = model(inputs)
+            target = resize_labels(torch.from_numpy(np.ascontiguousarray(truth))[None], tuple(logits.shape[-2:]))[0]
+            for name, scorer in scorers.items():
+                metrics[name].update(scorer(logits)[0].float().cpu(), target)
+        results[str(root)] = {}
+        for name, metric in metrics.items():
+            summary = metric.summary()
+            results[str(root)][name] = {key: float(summary[key]) for key in ("ap", "fpr_at_tpr", "auroc")}
+    return results
+
+
+def _write_anomaly_report(out_dir: Path, metrics: Mapping[str, Any]) -> None:
+    """``anomaly.md``: the validation mIoU beside the anomaly metrics, what the anomaly gain costs."""
+    lines = [f"validation mIoU (clean scenes): {100 * metrics['val_miou']:.1f} %", ""]
+    for root, per_scorer in metrics["anomaly"].items():
+        lines += [f"## {root}", "", "| scorer | AuPRC (%) | FPR95 (%) | AUROC (%) |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"| {name} | {100 * m['ap']:.2f} | {100 * m['fpr_at_tpr']:.2f} | {100 * m['auroc']:.2f} |"
+            for name, m in per_scorer.items()
+        ]
+        lines.append("")
+    (out_dir / "anomaly.md").write_text("\n".join(lines), encoding="utf-8")
 
 
 def _save_epoch(

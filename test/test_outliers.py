@@ -1,0 +1,312 @@
+"""Outlier exposure: the outlier sources, the pasting, and the outlier loss terms."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from anomaly_seg_ros.common.errors import ConfigError, DatasetError
+from anomaly_seg_ros.common.labels import IGNORE_INDEX
+from anomaly_seg_ros.data.augment import Augmentation, sample_generator
+from anomaly_seg_ros.data.outliers import (
+    FolderOutliers,
+    OutlierPaster,
+    OutlierSettings,
+    ProceduralOutliers,
+    horizon_row,
+    in_test_shape_family,
+    perspective_height,
+    remove_anomaly_palette,
+    shape_descriptor,
+)
+from anomaly_seg_ros.data.synthetic_sprites import ANOMALY_MARK, anomaly_object, anomaly_palette_mask, noise_bank
+from anomaly_seg_ros.losses import build_criterion
+
+# -- the no-shared-palette and no-shared-shape guarantees ---------------------------------------
+
+
+def _test_anomaly_sprites(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(RGB, mask) of the synthetic test anomalies, drawn as the scene generator draws them."""
+    bank, rng = noise_bank(), np.random.default_rng(123)
+    sprites = []
+    for _ in range(count):
+        width, height = rng.uniform(0.4, 2.0), rng.uniform(0.3, 1.5)
+        rgb, labels, _ = anomaly_object(rng, bank, width, height, rng.uniform(8.0, 64.0)).level(0)
+        sprites.append((np.clip(rgb, 0, 255).astype(np.uint8), labels == ANOMALY_MARK))
+    return sprites
+
+
+def test_the_shape_descriptor_on_hand_drawn_masks():
+    disc = np.zeros((40, 40), np.uint8)
+    cv2.circle(disc, (20, 20), 15, 1, -1)
+    ring = disc.copy()
+    cv2.circle(ring, (20, 20), 8, 0, -1)
+    two = np.zeros((20, 40), bool)
+    two[5:15, 2:10] = two[5:15, 25:35] = True
+    assert shape_descriptor(disc)[:2] == (1, 0) and shape_descriptor(disc)[2] > 0.95
+    assert shape_descriptor(ring)[:2] == (1, 1)
+    components, holes, solidity = shape_descriptor(two)
+    # 80 + 100 pixels; the hull through the pixel centres spans columns 2..34 and rows 5..14: 32 x 9.
+    assert (components, holes) == (2, 0) and solidity == pytest.approx(180 / (32 * 9), abs=1e-6)
+    assert in_test_shape_family(disc) and in_test_shape_family(ring) and not in_test_shape_family(two)
+
+
+def test_every_test_anomaly_is_in_the_test_shape_family_and_no_outlier_is():
+    test_masks = [mask for _, mask in _test_anomaly_sprites(200)]
+    assert all(in_test_shape_family(mask) for mask in test_masks)
+    source, rng = ProceduralOutliers(), np.random.default_rng(0)
+    families_seen = set()
+    for _ in range(300):
+        height, width = int(rng.integers(8, 80)), int(rng.integers(8, 120))
+        rgb, mask = source.sample(rng, height, width)
+        assert rgb.shape == (height, width, 3) and mask.shape == (height, width) and mask.sum() >= 6
+        assert not in_test_shape_family(mask)
+        components, holes, solidity = shape_descriptor(mask)
+        families_seen.add("debris" if components > 1 else "lattice" if holes > 1 else "scribble")
+    assert families_seen == {"debris", "lattice", "scribble"}
+
+
+def test_procedural_outliers_share_no_colour_with_the_test_anomaly_palette():
+    # The test anomalies are made of palette colours; the outliers have none, texture and all.
+    in_palette = [anomaly_palette_mask(rgb)[mask].mean() for rgb, mask in _test_anomaly_sprites(50)]
+    assert np.mean(in_palette) > 0.5
+    source, rng = ProceduralOutliers(), np.random.default_rng(1)
+    for _ in range(300):
+        rgb, _ = source.sample(rng, 24, 32)
+        assert not anomaly_palette_mask(rgb).any()
+
+
+def test_remove_anomaly_palette_changes_only_palette_pixels():
+    hsv = np.zeros((1, 360, 3), np.uint8)
+    hsv[0, :, 0] = (np.arange(360) * 256 / 360).astype(np.uint8)
+    hsv[0, :, 1], hsv[0, :, 2] = 240, 230
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+    before = anomaly_palette_mask(rgb)
+    fixed = remove_anomaly_palette(rgb)
+    assert before.any() and not anomaly_palette_mask(fixed).any()
+    np.testing.assert_array_equal(fixed[~before], rgb[~before])
+
+
+# -- the folder source -----------------------------------------------------------------------
+
+
+def _write(path, array):
+    assert cv2.imwrite(str(path), array)
+
+
+def test_folder_outliers_read_the_three_layouts_and_crop_to_the_mask(tmp_path):
+    image = np.zeros((20, 30, 3), np.uint8)
+    image[5:15, 10:20] = (10, 200, 30)  # BGR on disk
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:15, 10:20] = 255
+    pairs = tmp_path / "pairs"
+    (pairs / "images").mkdir(parents=True)
+    (pairs / "masks").mkdir()
+    _write(pairs / "images" / "a.png", image)
+    _write(pairs / "masks" / "a.png", mask)
+    side = tmp_path / "side"
+    side.mkdir()
+    _write(side / "b.png", image)
+    _write(side / "b_mask.png", mask)
+    rgba = tmp_path / "rgba"
+    rgba.mkdir()
+    _write(rgba / "c.png", np.dstack([image, mask]))
+    for root in (pairs, side, rgba):
+        source = FolderOutliers(root)
+        assert len(source) == 1
+        rgb, cut = source.read(0)
+        assert rgb.shape == (10, 10, 3) and cut.all()
+        np.testing.assert_array_equal(rgb[0, 0], (30, 200, 10))  # RGB
+        rgb, cut = source.sample(np.random.default_rng(0), 5, 7)
+        assert rgb.shape == (5, 7, 3) and cut.shape == (5, 7)
+
+
+def test_folder_outliers_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="not a directory"):
+        FolderOutliers(tmp_path / "missing")
+    with pytest.raises(DatasetError, match="no objects found"):
+        FolderOutliers(tmp_path)
+    _write(tmp_path / "plain.jpg", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DatasetError, match="has no mask"):
+        FolderOutliers(tmp_path).read(0)
+
+
+# -- pasting ---------------------------------------------------------------------------------
+
+
+def _road_scene(height=120, width=160, horizon=40):
+    """A flat road below ``horizon`` (a triangle to the vanishing point), sky above; labels trainIds."""
+    labels = np.full((height, width), 10, np.uint8)  # sky
+    labels[horizon:] = 8  # vegetation beside the road
+    for y in range(horizon, height):
+        half = (y - horizon) * width / (2 * (height - horizon))
+        labels[y, int(width / 2 - half) : int(math.ceil(width / 2 + half))] = 0  # road
+    image = np.full((height, width, 3), 90, np.uint8)
+    return image, labels
+
+
+def test_perspective_height_is_the_pinhole_projection():
+    # Camera 1.5 m high, focal 300 px, horizon at row 40: a 0.75 m object 15 m away.
+    focal, mount, horizon, size, distance = 300.0, 1.5, 40.0, 0.75, 15.0
+    foot = horizon + focal * mount / distance
+    assert perspective_height(foot, horizon, size / mount) == pytest.approx(focal * size / distance)
+    assert perspective_height(horizon - 5, horizon, 0.5) == 0.0
+
+
+def test_horizon_is_the_top_of_the_drivable_area():
+    _, labels = _road_scene(horizon=40)
+    assert horizon_row(labels, [0]) in (40, 41, 42)
+    assert horizon_row(np.full((10, 10), 10, np.uint8), [0]) is None
+
+
+def test_pasted_objects_stand_on_the_road_sized_by_perspective():
+    image, labels = _road_scene(horizon=40)
+    settings = OutlierSettings(
+        source="procedural",
+        probability=1.0,
+        max_objects=1,
+        height_ratio=(0.5, 0.5),
+        aspect=(1.0, 1.0),
+        horizon=40 / 120,
+        blend="hard",
+        min_pixels=1,
+    )
+    paster = OutlierPaster(settings)
+    for seed in range(30):
+        result = paster(image, labels, np.random.default_rng(seed))
+        if not result.boxes:
+            continue
+        x0, y0, x1, y1 = result.boxes[0]
+        foot = y1 - 1
+        assert labels[foot, (x0 + x1) // 2] == 0  # the foot's column centre is on the road
+        if y0 > 0:  # unclipped at the top: its height is the perspective height
+            assert y1 - y0 == round(0.5 * (foot - 40))
+        # Labels under the object are ignored, the mask marks exactly them, elsewhere nothing changed.
+        assert (result.labels[result.mask] == IGNORE_INDEX).all()
+        np.testing.assert_array_equal(result.labels[~result.mask], labels[~result.mask])
+        np.testing.assert_array_equal(result.image[~result.mask], image[~result.mask])
+        assert result.mask[y0:y1, x0:x1].sum() == result.mask.sum() > 0
+        assert not anomaly_palette_mask(result.image).any()
+
+
+def test_pasting_skips_images_without_road_and_respects_probability():
+    image, labels = _road_scene()
+    paster = OutlierPaster(OutlierSettings(source="procedural", probability=0.0))
+    assert not paster(image, labels, np.random.default_rng(0)).mask.any()
+    sky = np.full_like(labels, 10)
+    paster = OutlierPaster(OutlierSettings(source="procedural", probability=1.0))
+    assert not paster(image, sky, np.random.default_rng(0)).mask.any()
+
+
+def test_the_outlier_mask_moves_with_the_augmentation():
+    image, labels = _road_scene(height=64, width=128, horizon=20)
+    paster = OutlierPaster(OutlierSettings(source="procedural", probability=1.0, max_objects=3, min_pixels=1))
+    result = paster(image, labels, np.random.default_rng(3))
+    assert result.mask.any()
+    # Mark the outlier pixels in the image with a colour the scene does not have, then augment.
+    marked = result.image.copy()
+    marked[result.mask] = (255, 0, 255)
+    augmentation = Augmentation((48, 96), crop_size=(40, 80), scale_range=(0.8, 1.4), hflip=True)
+    for seed in range(6):
+        image_t = torch.from_numpy(marked).permute(2, 0, 1).contiguous()
+        out_image, out_labels, moved = augmentation(
+            image_t,
+            torch.from_numpy(result.labels),
+            sample_generator(0, 0, seed),
+            torch.from_numpy(result.mask)[None].float(),
+        )
+        mask = moved[0] > 0.5
+        magenta = (out_image[0] == 255) & (out_image[1] == 0) & (out_image[2] == 255)
+        # Nearest-neighbour labels and mask, bilinear image: they agree away from the edges.
+        interior = torch.from_numpy(cv2.erode(mask.numpy().astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+        assert magenta[interior].all()
+        assert (out_labels[mask] == IGNORE_INDEX).all()
+
+
+def test_outlier_settings_errors_name_the_key():
+    with pytest.raises(ConfigError, match="outliers.folder"):
+        OutlierSettings(source="folder").validate()
+    with pytest.raises(ConfigError, match="outliers.height_ratio"):
+        OutlierSettings(source="procedural", height_ratio=(0.0, 1.0)).validate()
+    with pytest.raises(ConfigError, match="outliers.families"):
+        OutlierSettings(source="procedural", families=("star",)).validate()
+
+
+# -- the loss terms against direct computations ------------------------------------------------
+
+
+def _batch(seed=0, classes=19):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, classes, 4, 5, generator=generator) * 3
+    target = torch.randint(0, classes, (2, 4, 5), generator=generator)
+    outlier = torch.zeros(2, 4, 5, dtype=torch.bool)
+    outlier[0, 1:3, 1:4] = True
+    outlier[1, 0, 0] = True
+    target[outlier] = IGNORE_INDEX
+    target[1, 3, 4] = IGNORE_INDEX  # an ignored in-distribution pixel
+    return logits, target, outlier
+
+
+def test_energy_margin_matches_the_formula_pixel_by_pixel():
+    logits, target, outlier = _batch()
+    m_in, m_out = -4.0, -1.0
+    criterion = build_criterion([{"name": "energy_margin", "margin_in": m_in, "margin_out": m_out}], num_classes=19)
+    got = criterion(logits, target, outlier_mask=outlier)
+    inside, outside = [], []
+    for n in range(2):
+        for y in range(4):
+            for x in range(5):
+                energy = -math.log(sum(math.exp(v) for v in logits[n, :, y, x].tolist()))
+                if outlier[n, y, x]:
+                    outside.append(max(0.0, m_out - energy) ** 2)
+                elif target[n, y, x] != IGNORE_INDEX:
+                    inside.append(max(0.0, energy - m_in) ** 2)
+    assert got.item() == pytest.approx(np.mean(inside) + np.mean(outside), rel=1e-5)
+
+
+def test_outlier_void_and_entropy_match_direct_computations():
+    logits, target, outlier = _batch(classes=20)
+    void = build_criterion([{"name": "outlier_void", "weight": 0.5}], num_classes=20)
+    p = torch.softmax(logits.double(), dim=1)
+    expected_void = 0.5 * -torch.log(p[:, 19][outlier]).mean()
+    assert void(logits, target, outlier_mask=outlier).item() == pytest.approx(expected_void.item(), rel=1e-5)
+    entropy = build_criterion([{"name": "outlier_entropy"}], num_classes=20)
+    h = -(p * p.log()).sum(dim=1)
+    expected_entropy = (math.log(20) - h[outlier]).mean()
+    assert entropy(logits, target, outlier_mask=outlier).item() == pytest.approx(expected_entropy.item(), rel=1e-5)
+    uniform = torch.zeros_like(logits)
+    assert entropy(uniform, target, outlier_mask=outlier).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_outlier_terms_add_to_cross_entropy_and_need_outliers_for_their_part():
+    logits, target, outlier = _batch()
+    logits.requires_grad_(True)
+    ce = build_criterion([{"name": "ce"}], num_classes=19)
+    both = build_criterion([{"name": "ce"}, {"name": "outlier_entropy", "weight": 0.3}], num_classes=19)
+    entropy = build_criterion([{"name": "outlier_entropy"}], num_classes=19)
+    total = both(logits, target, outlier_mask=outlier)
+    assert total.item() == pytest.approx(
+        ce(logits, target).item() + 0.3 * entropy(logits, target, outlier_mask=outlier).item(), rel=1e-6
+    )
+    # No outlier pixels: the outlier part is 0, with a graph.
+    none = entropy(logits, target, outlier_mask=torch.zeros_like(outlier))
+    assert none.item() == 0.0 and none.requires_grad
+    # Gradients flow only into outlier pixels for the outlier-only terms.
+    grad = torch.autograd.grad(entropy(logits, target, outlier_mask=outlier), logits)[0]
+    assert (grad.abs().sum(dim=1)[~outlier] == 0).all() and (grad.abs().sum(dim=1)[outlier] > 0).all()
+
+
+def test_outlier_loss_specs_are_checked():
+    with pytest.raises(ConfigError, match="margin_in must be below margin_out"):
+        build_criterion([{"name": "energy_margin", "margin_in": 0.0, "margin_out": -1.0}], num_classes=19)
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_criterion([{"name": "energy_margin", "class_weighted": True}], num_classes=19)
+    from anomaly_seg_ros.models import build_model
+
+    criterion = build_criterion([{"name": "outlier_void"}], num_classes=19)
+    with pytest.raises(ConfigError, match="needs a 20-class model"):
+        criterion.check_model(build_model("erfnet", num_classes=19))
