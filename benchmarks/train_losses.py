@@ -1,7 +1,8 @@
 """Seed 000 Table 4 on synthetic scenes: ERFNet trained with CE, the void classifier, LogitNorm + CE
 and IsoMax+ + CE, each evaluated with its scorers (mIoU, AuPRC, FPR95).
 
-Not a CI test: it trains four networks (about 6–8 min each on a 2-core CPU with the defaults).
+Not a CI test: it trains four networks (about 6–8 min each on a 2-core CPU with the defaults), and
+with ``--variants oe_energy oe_void oe_entropy`` the outlier-exposure variants at the same budget.
 Every variant shares the data, the schedule, the seed and the ENet class weights; only the loss
 (and, for the void classifier, the 20th class; for IsoMax+, the head) differs. Writes the table
 to ``--doc`` with the command that made it::

@@ -310,3 +310,100 @@ def test_outlier_loss_specs_are_checked():
     criterion = build_criterion([{"name": "outlier_void"}], num_classes=19)
     with pytest.raises(ConfigError, match="needs a 20-class model"):
         criterion.check_model(build_model("erfnet", num_classes=19))
+
+
+# -- training with outlier exposure -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from anomaly_seg_ros.data.layout import generate_datasets
+
+    root = tmp_path_factory.mktemp("oe_data")
+    return generate_datasets(root, num_train=4, num_val=2, num_anomaly=3, height=48, width=96, seed=2)
+
+
+def _train_config(scenes, **overrides):
+    from anomaly_seg_ros.training import load_train_config
+
+    values = {
+        "data": str(scenes["cityscapes_root"]),
+        "input_size": [48, 96],
+        "epochs": 1,
+        "batch_size": 2,
+        "max_steps_per_epoch": 1,
+        "threads": 2,
+        "tensorboard": False,
+        "hflip": False,
+    }
+    return load_train_config(None, values | overrides)
+
+
+def test_training_samples_carry_the_outlier_mask_aligned_with_ignored_labels(scenes):
+    from anomaly_seg_ros.training import training_samples
+
+    config = _train_config(
+        scenes,
+        outliers={"source": "procedural", "probability": 1.0, "max_objects": 3},
+        scale_range=[1.0, 1.3],
+        losses=[{"name": "ce"}, {"name": "outlier_entropy"}],
+    )
+    samples = training_samples(config)
+    masks = [samples[index][2] for index in range(len(samples))]
+    assert any(mask.any() for mask in masks)
+    for index, mask in enumerate(masks):
+        image, labels, again = samples[index]
+        assert mask.dtype == torch.bool and mask.shape == labels.shape == (48, 96)
+        assert torch.equal(mask, again)  # the same sample every time: (seed, epoch, index)
+        assert (labels[mask] == IGNORE_INDEX).all()
+
+
+def test_fine_tuning_starts_from_the_checkpoint_and_reports_anomaly_metrics(scenes, tmp_path):
+    from sklearn.metrics import average_precision_score
+
+    from anomaly_seg_ros.data.datasets import AnomalyDataset
+    from anomaly_seg_ros.inference.preprocess import normalize_images
+    from anomaly_seg_ros.models import build_model, load_weights, model_defaults, read_metadata
+    from anomaly_seg_ros.training import BEST_CHECKPOINT, train
+
+    train(_train_config(scenes), tmp_path / "base", progress=False)
+    base = tmp_path / "base" / BEST_CHECKPOINT
+    config = _train_config(
+        scenes,
+        init_checkpoint=str(base),
+        learning_rate=1e-12,
+        outliers={"source": "procedural", "probability": 1.0},
+        losses=[{"name": "ce"}, {"name": "energy_margin", "weight": 0.1}],
+        anomaly_val=[str(scenes["anomaly_root"])],
+    )
+    train(config, tmp_path / "oe", progress=False)
+    start, tuned = build_model("erfnet", num_classes=19), build_model("erfnet", num_classes=19)
+    load_weights(start, base)
+    load_weights(tuned, tmp_path / "oe" / BEST_CHECKPOINT)
+    # A vanishing learning rate: the fine-tuned convolutions are the checkpoint's, not a fresh draw.
+    for (name, a), b in zip(start.named_parameters(), tuned.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    metrics = read_metadata(tmp_path / "oe" / BEST_CHECKPOINT)["metrics"]
+    assert "val_miou" in metrics and (tmp_path / "oe" / "anomaly.md").is_file()
+    got = metrics["anomaly"][str(scenes["anomaly_root"])]["energy"]["ap"]
+    # Direct computation: energy = -logsumexp of the logits, sklearn's average precision over valid pixels.
+    tuned.eval()
+    defaults = model_defaults("erfnet")
+    scores, truth = [], []
+    for image, mask in AnomalyDataset(scenes["anomaly_root"]):
+        with torch.no_grad():
+            batch = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+            logits = tuned(normalize_images(batch, (48, 96), defaults["mean"], defaults["std"]))
+        valid = mask != IGNORE_INDEX
+        scores.append((-torch.logsumexp(logits, 1))[0].numpy()[valid])
+        truth.append(mask[valid] == 1)
+    assert got == pytest.approx(average_precision_score(np.concatenate(truth), np.concatenate(scores)), abs=1e-4)
+
+
+def test_outlier_losses_and_outlier_source_come_together(scenes, tmp_path):
+    from anomaly_seg_ros.training import train
+
+    with pytest.raises(ConfigError, match="outlier loss terms"):
+        train(_train_config(scenes, losses=[{"name": "ce"}, {"name": "energy_margin"}]), tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="outlier loss terms"):
+        train(_train_config(scenes, outliers={"source": "procedural"}), tmp_path / "b", progress=False)

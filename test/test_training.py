@@ -227,7 +227,7 @@ def test_shipped_training_configs_load_and_build_their_criterion(path):
     config = load_train_config(path, {"data": "/data/cityscapes"})
     assert config.model in available_models()
     criterion = build_criterion(config.losses, num_classes=config.num_classes)
-    assert len(criterion.terms) == len(config.losses)
+    assert len(criterion.names) == len(config.losses)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP (autocast + GradScaler) runs on CUDA only")
