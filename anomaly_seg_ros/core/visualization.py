@@ -60,11 +60,12 @@ def colour_bar(width: int, value_range: tuple[float, float], threshold: float | 
     low, high = value_range
     height = 30
     bar = np.zeros((height, width, 3), np.uint8)
-    left, right = 60, width - 60
+    margin = min(60, width // 5)  # room for the range's end labels; narrow images get a narrow margin
+    left, right = margin, width - margin
     ramp = np.linspace(low, high, max(right - left, 2), dtype=np.float32)[None]
     bar[4:18, left:right] = heatmap(np.repeat(ramp, 14, axis=0), value_range)
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4
-    cv2.putText(bar, f"{low:.3g}", (4, 16), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(bar, f"{low:.3g}", (2, 16), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
     cv2.putText(bar, f"{high:.3g}", (right + 4, 16), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
     if threshold is not None and high > low:
         x = left + int(round((min(max(threshold, low), high) - low) / (high - low) * (right - left - 1)))

@@ -1,0 +1,113 @@
+"""Readable demo reports: the PR-curve axis, overlays with colour bar / threshold / GT outline,
+and the per-obstacle drive review under the strict detection rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anomaly_seg_ros.core.alerts import Alert, Component
+from anomaly_seg_ros.core.ground import GroundModel
+from anomaly_seg_ros.core.perception import PerceptionResult
+from anomaly_seg_ros.core.visualization import GT_OUTLINE_COLOUR, THRESHOLD_COLOUR, colour_bar, heatmap, report_overlay
+from anomaly_seg_ros.evaluation.plots import plot_pr_curve, pr_axis_limits
+from anomaly_seg_ros.replay.drive_review import (
+    DetectionRule,
+    DriveRecorder,
+    box_intersection,
+    review_drive,
+    strict_hit,
+    write_drive_review,
+)
+
+
+def test_pr_axis_is_logarithmic_for_rare_anomalies_and_shows_the_curve(tmp_path):
+    recall = np.linspace(0, 1, 50)
+    low = {"weak": (np.full(50, 0.004), recall)}
+    scale, bottom, top = pr_axis_limits(low, positive_ratio=0.0015)
+    # Chance 0.15 %, curve at 0.4 %: both above the floor (a third of the lowest), a log axis.
+    assert scale == "log" and bottom == pytest.approx(0.0005) and top > 1
+    assert pr_axis_limits({"good": (np.full(50, 0.6), recall)}, positive_ratio=0.3) == ("linear", 0.0, 1.02)
+    plot_pr_curve(tmp_path / "pr.png", low, 0.0015, operating_points={"threshold": (0.004, 0.5)})
+    assert (tmp_path / "pr.png").stat().st_size > 1000
+
+
+def test_colour_bar_marks_the_threshold_where_it_lies_in_the_range():
+    bar = colour_bar(460, (0.0, 2.0), threshold=1.5)
+    left, right = 60, 400
+    expected_x = left + round(0.75 * (right - left - 1))
+    column = bar[1:20, expected_x]
+    assert (column == THRESHOLD_COLOUR).all(axis=-1).all()
+    # The ramp is the heatmap's colours: its first column is the colour of the range's low end.
+    np.testing.assert_array_equal(bar[10, left], heatmap(np.zeros((1, 1), np.float32), (0.0, 2.0))[0, 0])
+
+
+def test_report_overlay_draws_the_ground_truth_outline_and_appends_the_bar():
+    frame = np.full((64, 96, 3), 40, np.uint8)
+    anomaly = np.zeros((64, 96), np.float32)
+    truth = np.zeros((64, 96), np.uint8)
+    truth[20:40, 30:60] = 1
+    view = report_overlay(frame, anomaly, (0.0, 1.0), threshold=0.5, ground_truth=truth)
+    assert view.shape == (64 + 30, 96, 3)
+    outline = (view[:64] == GT_OUTLINE_COLOUR).all(axis=-1)
+    assert outline[20, 30:60].all() and outline[39, 30:60].all() and not outline[30, 40]
+
+
+def _result(boxes):
+    alerts = [
+        Alert(track_id, Component(box, box[2] * box[3], 1.0, 1.0, (box[0], box[1] + box[3] - 1), True), 3)
+        for track_id, box in boxes
+    ]
+    return PerceptionResult(np.zeros((60, 100), np.uint8), np.zeros((60, 100), np.float32), alerts, "energy", 0.5)
+
+
+def test_strict_hit_needs_substantial_overlap_both_ways():
+    rule = DetectionRule()
+    truth = (10, 10, 10, 10)
+    assert box_intersection((15, 15, 10, 10), truth) == 25
+    assert strict_hit((10, 10, 10, 10), truth, rule)
+    assert not strict_hit((15, 15, 10, 10), truth, rule)  # a quarter of the obstacle: a corner
+    assert not strict_hit((0, 0, 40, 40), truth, rule)  # covers it, but 1/16 of the box is the obstacle
+    assert strict_hit((8, 8, 14, 14), truth, rule)
+
+
+def test_review_times_each_obstacle_from_its_first_100_px_frame_and_finds_false_tracks(tmp_path):
+    # One obstacle growing from 6x6 (36 px) to 12x12 (144 px) at frame 3; alerted strictly at frame 5.
+    truth, recorder = [], DriveRecorder(picks=[5])
+    frame = np.zeros((60, 100, 3), np.uint8)
+    for index in range(8):
+        mask = np.zeros((60, 100), np.uint8)
+        side = 6 if index < 3 else 12
+        mask[30 : 30 + side, 40 : 40 + side] = 1
+        truth.append(mask)
+        boxes = [(7, (80, 5, 8, 8))]  # a track on the sky: false
+        if index == 4:
+            boxes.append((8, (38, 28, 40, 30)))  # touches the obstacle, far too big: loose
+        if index >= 5:
+            boxes.append((9, (40, 30, 12, 12)))
+        recorder(index, frame, _result(boxes))
+    ground = GroundModel(100.0, 100.0, 50.0, 20.0, 1.5)
+    review = review_drive(recorder, truth, ground=ground)
+    (row,) = review["obstacles"]
+    assert (row["first_seen_frame"], row["first_100px_frame"], row["first_alert_frame"]) == (0, 3, 5)
+    assert row["delay_frames"] == 2 and row["in_time"] and review["all_in_time"]
+    # Flat ground: the foot row 41 is 21 rows below the horizon at f = 100: 1.5 * 100 / 21 m (on the axis-ish).
+    assert row["distance_at_100px_m"] == pytest.approx(ground.project(46.0, 41.0).distance_m[0])
+    assert [t["track_id"] for t in review["false_alert_tracks"]] == [7]
+    assert [t["track_id"] for t in review["loose_alert_tracks"]] == [8]
+    assert review["false_alert_tracks"][0]["frames"] == 8
+    page = write_drive_review(tmp_path, review, recorder)
+    assert "| 1 | 0 | 3 |" in page and "in time" in page
+    assert (tmp_path / "alerts" / "track_007.png").is_file() and (tmp_path / "alerts" / "track_008.png").is_file()
+    assert 5 in recorder.picked
+
+
+def test_an_obstacle_alerted_too_late_is_not_in_time():
+    truth, recorder = [], DriveRecorder()
+    for index in range(15):
+        mask = np.zeros((60, 100), np.uint8)
+        mask[20:32, 20:32] = 1
+        truth.append(mask)
+        recorder(index, np.zeros((60, 100, 3), np.uint8), _result([(1, (20, 20, 12, 12))] if index == 11 else []))
+    (row,) = review_drive(recorder, truth, rule=DetectionRule(max_delay_frames=10))["obstacles"]
+    assert row["delay_frames"] == 11 and not row["in_time"]
