@@ -28,6 +28,9 @@ def test_pr_axis_is_logarithmic_for_rare_anomalies_and_shows_the_curve(tmp_path)
     # Chance 0.15 %, curve at 0.4 %: both above the floor (a third of the lowest), a log axis.
     assert scale == "log" and bottom == pytest.approx(0.0005) and top > 1
     assert pr_axis_limits({"good": (np.full(50, 0.6), recall)}, positive_ratio=0.3) == ("linear", 0.0, 1.02)
+    # A few top-scored pixels at recall < 2 % do not stretch the axis down.
+    spiky = {"spiky": (np.where(recall < 0.015, 1e-6, 0.004), recall)}
+    assert pr_axis_limits(spiky, positive_ratio=0.0015)[1] == pytest.approx(0.0005)
     plot_pr_curve(tmp_path / "pr.png", low, 0.0015, operating_points={"threshold": (0.004, 0.5)})
     assert (tmp_path / "pr.png").stat().st_size > 1000
 

@@ -204,14 +204,15 @@ def pr_axis_limits(curves: dict[str, tuple[np.ndarray, ...]], positive_ratio: fl
     A linear 0-1 axis flattens a rare-anomaly curve (chance 0.2 %, AuPRC 0.4 %) onto its
     floor. When chance is below 10 % the axis is logarithmic, from a third of the lowest of
     chance and the curves' precision (over recall > 0) up to 1, so chance and the curves sit a
-    readable distance apart; otherwise it is linear 0-1.
+    readable distance apart; otherwise it is linear 0-1. The first 2 % of recall is left out of
+    the lowest precision: a handful of top-scored pixels there makes it erratic.
     """
     if positive_ratio >= 0.1 or positive_ratio <= 0:
         return "linear", 0.0, 1.02
     lows = [positive_ratio]
     for precision, recall, *_ in curves.values():
         precision, recall = np.asarray(precision, float), np.asarray(recall, float)
-        shown = precision[(recall > 0) & (precision > 0)]
+        shown = precision[(recall >= 0.02) & (precision > 0)]
         if shown.size:
             lows.append(float(shown.min()))
     return "log", max(min(lows) / 3.0, 1e-6), 1.05
