@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from anomaly_seg_ros.common.errors import AnomalySegError, BagError, MessageConversionError
-from anomaly_seg_ros.core.alerts import Alert, bbox_iou
+from anomaly_seg_ros.core.alerts import Alert, BBox, bbox_iou
 from anomaly_seg_ros.core.ground import GroundModel
 from anomaly_seg_ros.core.perception import Perception, PerceptionResult
 from anomaly_seg_ros.metrics import StreamingOODMetrics
@@ -61,9 +61,11 @@ class ReplayOptions:
     #: Output topics are ``{namespace}/semantic_mask`` etc., the node's private topics.
     namespace: str = "/anomaly_seg_node"
     copy_input: bool = True
-    #: A ground-truth obstacle counts as detected once this fraction of its pixels lies inside
-    #: an alert's box and above the alert threshold (a pixel-level hit, not a box overlap).
-    detection_overlap: float = 0.1
+    #: A ground-truth obstacle counts as detected in a frame when an alert's box overlaps the
+    #: obstacle's ground-truth box with at least this IoU; each alert matches one obstacle at
+    #: most and each obstacle one alert (greedy, highest IoU first); every other alert of a frame
+    #: with ground truth is a false alert. 0.5 is the PASCAL VOC / COCO AP50 criterion.
+    match_iou: float = 0.5
     #: CameraInfo topic (default: the bag's only one). With a camera height above the road,
     #: alerts get flat-ground positions and the report gets obstacle distances.
     camera_info_topic: str | None = None
@@ -89,11 +91,23 @@ class ObstacleTrack:
     first_alert_frame: int | None = None
     area_at_alert_px: int | None = None
     alert_point: tuple[int, int] | None = None
+    #: Frames with ground truth that show the obstacle, and those where it is smaller than the
+    #: alerts' ``min_area_px`` (it cannot raise an alert there, whatever the scores).
+    frames: int = 0
+    frames_below_min_area: int = 0
+    #: Lowest image point at the farthest sighting that was at least ``min_area_px`` large.
+    alertable_point: tuple[int, int] | None = None
+    #: Best box IoU any alert reached with the obstacle (matched or not); a near miss shows here.
+    best_alert_iou: float = 0.0
 
     def summary(self, ground: GroundModel | None = None) -> dict[str, Any]:
         """Facts of the track; distances need the camera geometry (fixed per camera)."""
         detected = self.first_alert_ns is not None
         return {
+            "frames": self.frames,
+            "frames_below_min_area": self.frames_below_min_area,
+            "farthest_alertable_distance_m": _distance(ground, self.alertable_point),
+            "best_alert_iou": self.best_alert_iou,
             "track_id": self.track_id,
             "first_seen_s": self.first_seen_ns * 1e-9,
             "first_seen_frame": self.first_seen_frame,
@@ -140,19 +154,61 @@ class _FrameOutcome:
     threshold: float
 
 
-class _GroundTruthTracker:
-    """Pairs results with ground-truth masks by stamp and follows each GT obstacle over time."""
+def match_rule(match_iou: float) -> str:
+    """The detection rule of a replay, in words, for reports."""
+    return (
+        f"an obstacle is detected in a frame when an alert box overlaps its ground-truth box with IoU >= "
+        f"{match_iou:g}; one alert per obstacle and one obstacle per alert (greedy, highest IoU first); every "
+        "other alert in a frame with ground truth is a false alert"
+    )
 
-    def __init__(self, overlap: float, components: ComponentMetrics, pooled: PooledMetrics | None = None) -> None:
+
+def match_alerts(obstacle_boxes: Sequence[BBox], alert_boxes: Sequence[BBox], min_iou: float) -> dict[int, int]:
+    """One-to-one matches ``{obstacle index: alert index}`` with box IoU >= ``min_iou``, highest IoU first."""
+    pairs = sorted(
+        (
+            (bbox_iou(obstacle, alert), o, a)
+            for o, obstacle in enumerate(obstacle_boxes)
+            for a, alert in enumerate(alert_boxes)
+        ),
+        key=lambda pair: (-pair[0], pair[1], pair[2]),
+    )
+    matches: dict[int, int] = {}
+    used: set[int] = set()
+    for iou, o, a in pairs:
+        if iou < min_iou or iou <= 0.0:
+            break
+        if o not in matches and a not in used:
+            matches[o] = a
+            used.add(a)
+    return matches
+
+
+class _GroundTruthTracker:
+    """Pairs results with ground-truth masks by stamp, follows each GT obstacle over time and
+    matches alerts to obstacles (:func:`match_alerts`)."""
+
+    def __init__(
+        self,
+        match_iou: float,
+        min_area_px: int,
+        components: ComponentMetrics,
+        pooled: PooledMetrics | None = None,
+    ) -> None:
         self.metrics = StreamingOODMetrics()
         self.components = components
         #: Accumulators shared by all bags of a run: pixels are pooled, not per-bag values averaged.
         self.pooled = pooled
-        self.overlap = overlap
+        self.match_iou = match_iou
+        self.min_area_px = min_area_px
         self.pending: OrderedDict[int, _FrameOutcome] = OrderedDict()
         self.truth: OrderedDict[int, np.ndarray] = OrderedDict()
         self.tracks: list[ObstacleTrack] = []
         self.frames = 0
+        #: Alerts in frames with ground truth that matched no obstacle, and their alert track ids.
+        self.false_alerts = 0
+        self.false_alert_ids: set[int] = set()
+        self.matched_alert_ids: set[int] = set()
 
     def add_result(self, stamp_ns: int, outcome: _FrameOutcome) -> None:
         if stamp_ns in self.truth:
@@ -191,8 +247,9 @@ class _GroundTruthTracker:
         self._follow(stamp_ns, outcome, mask)
 
     def _follow(self, stamp_ns: int, outcome: _FrameOutcome, mask: np.ndarray) -> None:
-        count, ids, stats, _ = cv2.connectedComponentsWithStats((mask == 1).astype(np.uint8), connectivity=8)
+        count, _, stats, _ = cv2.connectedComponentsWithStats((mask == 1).astype(np.uint8), connectivity=8)
         active = list(self.tracks)
+        seen: list[tuple[ObstacleTrack, int]] = []
         for index in range(1, count):
             x, y, w, h, area = (int(v) for v in stats[index])
             bbox = (x, y, w, h)
@@ -204,18 +261,33 @@ class _GroundTruthTracker:
             else:
                 active.remove(track)
             track.bbox, track.last_seen_ns = bbox, stamp_ns
-            if track.first_alert_ns is not None:
-                continue
-            for alert in outcome.alerts:
-                if self._hit(alert, outcome, ids, index, area):
-                    track.first_alert_ns, track.first_alert_frame = stamp_ns, outcome.frame_index
-                    track.area_at_alert_px, track.alert_point = area, alert.component.bottom_point
-                    break
+            track.frames += 1
+            if area < self.min_area_px:
+                track.frames_below_min_area += 1
+            elif track.alertable_point is None or y + h - 1 < track.alertable_point[1]:
+                track.alertable_point = (x + w // 2, y + h - 1)  # higher in the image = farther on flat ground
+            seen.append((track, area))
+        alert_boxes = [alert.component.bbox for alert in outcome.alerts]
+        for track, _ in seen:
+            track.best_alert_iou = max([track.best_alert_iou, *(bbox_iou(track.bbox, box) for box in alert_boxes)])
+        matches = match_alerts([track.bbox for track, _ in seen], alert_boxes, self.match_iou)
+        for o, a in matches.items():
+            track, area = seen[o]
+            alert = outcome.alerts[a]
+            self.matched_alert_ids.add(alert.track_id)
+            if track.first_alert_ns is None:
+                track.first_alert_ns, track.first_alert_frame = stamp_ns, outcome.frame_index
+                track.area_at_alert_px, track.alert_point = area, alert.component.bottom_point
+        matched = set(matches.values())
+        for a, alert in enumerate(outcome.alerts):
+            if a not in matched:
+                self.false_alerts += 1
+                self.false_alert_ids.add(alert.track_id)
 
-    def _hit(self, alert: Alert, outcome: _FrameOutcome, ids: np.ndarray, index: int, area: int) -> bool:
-        x, y, w, h = alert.component.bbox
-        window = (ids[y : y + h, x : x + w] == index) & (outcome.anomaly[y : y + h, x : x + w] > outcome.threshold)
-        return int(np.count_nonzero(window)) >= self.overlap * area
+    @property
+    def false_alert_tracks(self) -> int:
+        """Alert tracks that matched no obstacle in any frame with ground truth."""
+        return len(self.false_alert_ids - self.matched_alert_ids)
 
 
 def _distance(ground: GroundModel | None, point: tuple[int, int] | None) -> float | None:
@@ -277,7 +349,11 @@ def replay_bag(
     typestore = get_typestore()
     report = ReplayReport(str(bag), str(out), camera_topic, gt_topic)
     components = new_component_metrics(perception.threshold, options.component_track)
-    truth = _GroundTruthTracker(options.detection_overlap, components, pooled) if gt_topic else None
+    truth = (
+        _GroundTruthTracker(options.match_iou, perception.config.alerts.min_area_px, components, pooled)
+        if gt_topic
+        else None
+    )
     outputs = messages.output_topics(options.namespace)
     topics = list_topics(bag)
     total = topics[camera_topic][1]
@@ -326,6 +402,9 @@ def replay_bag(
         report.component_accumulator = truth.components
         report.component_metrics = component_summary(truth.components)
         report.obstacles = [track.summary(ground) for track in truth.tracks]
+        report.match_rule = match_rule(truth.match_iou)
+        report.min_area_px = truth.min_area_px
+        report.false_alerts, report.false_alert_tracks = truth.false_alerts, truth.false_alert_tracks
         report.pr_curve = truth.metrics.pr_curve() if report.pixel_metrics is not None else None
     return report
 
