@@ -123,6 +123,9 @@ def aggregate(
         "false_alerts": sum(s.get("false_alerts", 0) for s in summaries),
         "false_alert_tracks": sum(s.get("false_alert_tracks", 0) for s in summaries),
         "min_area_px": next((s["min_area_px"] for s in summaries if s.get("min_area_px") is not None), None),
+        "range_at_min_area_m": next(
+            (s["range_at_min_area_m"] for s in summaries if s.get("range_at_min_area_m")), None
+        ),
         **delay_stats(obstacles),
     }
     return total

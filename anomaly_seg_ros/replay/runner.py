@@ -49,6 +49,9 @@ IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 #: A topic whose last name component is this carries the anomaly ground truth (mono8 0/1/255).
 GT_TOPIC_SUFFIX = "anomaly_gt"
+#: Frontal areas (m^2) of reference obstacles whose range at the minimum alert area is reported
+#: (0.5 m^2: a 0.7 m cube, a tyre on its side; 0.2 m^2: a small box).
+REFERENCE_FRONTAL_AREAS_M2 = (0.2, 0.5)
 #: Results kept while waiting for a ground-truth message with the same stamp.
 MAX_PENDING_GT = 64
 
@@ -405,6 +408,10 @@ def replay_bag(
         report.match_rule = match_rule(truth.match_iou)
         report.min_area_px = truth.min_area_px
         report.false_alerts, report.false_alert_tracks = truth.false_alerts, truth.false_alert_tracks
+        if ground is not None:
+            report.range_at_min_area_m = {
+                f"{area:g}": ground.range_for_area(area, truth.min_area_px) for area in REFERENCE_FRONTAL_AREAS_M2
+            }
         report.pr_curve = truth.metrics.pr_curve() if report.pixel_metrics is not None else None
     return report
 

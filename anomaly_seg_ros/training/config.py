@@ -68,6 +68,7 @@ class TrainConfig:
     calibration_road_fpr: float = 0.001
     #: Perception config (YAML) of the deployment; its ``alerts`` section (roi, roi_polygon,
     #: drivable_classes) is the region thresholds are calibrated in. Null: the default config.
+    #: Relative to the training config file when set there, else to the working directory.
     alerts_config: str | None = None
     #: CPU threads per process (0 = PyTorch's default).
     threads: int = 0
@@ -155,6 +156,9 @@ def load_train_config(
     Unknown keys raise ConfigError naming the key and the valid ones.
     """
     data = read_yaml_mapping(path, "training config file") if path is not None else {}
+    if path is not None and data.get("alerts_config") and not Path(data["alerts_config"]).is_absolute():
+        # a path written in a config file is relative to that file, wherever the command runs
+        data["alerts_config"] = str(Path(path).parent / data["alerts_config"])
     data.update({key: value for key, value in (overrides or {}).items() if value is not None})
     for text in sets:
         data.update(parse_override(text))
