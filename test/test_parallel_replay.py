@@ -3,6 +3,7 @@ cluster (``--ray``) give the report of the serial run: the same counts, alert tr
 pooled metrics, bit for bit (only measured times differ); a bag that fails in a worker is reported
 and the others go on. The pooled accumulators merge exactly, also past their exact buffer."""
 
+import importlib.util
 import json
 import pickle
 import struct
@@ -200,6 +201,7 @@ def _check_against_serial(root, name, serial):
     assert (root / name / "a" / "metadata.yaml").is_file()
 
 
+@pytest.mark.scale
 def test_workers_report_equals_the_serial_report(replay_case):
     from anomaly_seg_ros.tools.cli import main
 
@@ -208,6 +210,7 @@ def test_workers_report_equals_the_serial_report(replay_case):
     _check_against_serial(root, "workers", serial)
 
 
+@pytest.mark.scale
 def test_ray_cluster_report_equals_the_serial_report(replay_case, monkeypatch):
     """A real Ray cluster on loopback: a head and a second node (one CPU each, no dashboard, small object
     stores); the CLI connects to it by address like to any existing cluster."""
@@ -230,3 +233,25 @@ def test_ray_cluster_report_equals_the_serial_report(replay_case, monkeypatch):
     finally:
         cluster.shutdown()
     _check_against_serial(root, "ray", serial)
+
+
+def test_scale_mistakes_stop_with_a_one_line_error_before_any_replay(replay_case, capsys):
+    import socket
+
+    from anomaly_seg_ros.tools.cli import main
+
+    root, drives, common, _ = replay_case
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    for extra, expected in (
+        (["--workers", "0"], "--workers: expected a number of processes >= 1, got 0"),
+        (["--score-range", "1", "0"], "--score-range: expected LO < HI"),
+        (["--ray", f"127.0.0.1:{free}"], f"--ray 127.0.0.1:{free}: nothing answers at 127.0.0.1:{free}"),
+    ):
+        if extra[0] == "--ray" and importlib.util.find_spec("ray") is None:
+            expected = "--ray needs Ray on this machine and every node"
+        out = root / f"refused_{len(extra)}_{extra[0]}"
+        assert main(["bag", str(drives), "--out", str(out), *common, *extra]) == 2
+        assert expected in capsys.readouterr().err
+        assert not out.exists()

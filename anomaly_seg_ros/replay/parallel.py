@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -147,7 +148,7 @@ def replay_parallel(
         results = _ray_results(jobs, ray_address, cpus_per_task)
     else:
         if workers < 1:
-            raise ConfigError(f"--workers: expected a number of processes >= 1, got {workers}")
+            raise ValueError(f"workers: expected a number of processes >= 1, got {workers}")
         results = _process_results(jobs, workers)
     try:
         return merge_results(_progress(results, len(jobs), progress))
@@ -263,6 +264,7 @@ def _ray_results(jobs: Sequence[ReplayJob], address: str, cpus_per_task: float) 
         ) from error
     connected_here = not ray.is_initialized()
     if connected_here:
+        _check_reachable(address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     try:
         # no retries: a retried task would find its half-written output bag and fail for that reason
@@ -273,6 +275,20 @@ def _ray_results(jobs: Sequence[ReplayJob], address: str, cpus_per_task: float) 
     finally:
         if connected_here:
             ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds on an address where no cluster listens (``ray.init`` retries for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return  # Ray resolves (or refuses) these itself
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as error:
+        raise ConfigError(
+            f"--ray {address}: nothing answers at {host}:{port} ({error}); expected the address of a running "
+            "Ray head (`ray start --head` prints it) or auto"
+        ) from error
 
 
 def _ray_get(get: Callable, ref: object, job: ReplayJob, errors: type[Exception]) -> BagResult:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.core.config import load_config
 from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.replay.parallel import make_jobs, replay_parallel
@@ -75,6 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"model.weights={args.weights}"] if args.weights else [])
     config = load_config(args.config, overrides)
+    _check_scale(args)
     options = ReplayOptions(
         topic=args.topic,
         gt_topic=args.gt_topic,
@@ -117,3 +119,13 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_report(document, plots=not args.no_plots), end="")
     print(f"report written to {folder}")
     return 1 if failures else 0
+
+
+def _check_scale(args: argparse.Namespace) -> None:
+    """Refuse a pointless scale setting before anything is replayed."""
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers: expected a number of processes >= 1, got {args.workers}")
+    if args.cpus_per_task <= 0:
+        raise ConfigError(f"--cpus-per-task: expected a number of CPUs > 0, got {args.cpus_per_task}")
+    if args.score_range and not args.score_range[0] < args.score_range[1]:
+        raise ConfigError(f"--score-range: expected LO < HI, got {args.score_range[0]} {args.score_range[1]}")
