@@ -255,3 +255,18 @@ def test_scale_mistakes_stop_with_a_one_line_error_before_any_replay(replay_case
         assert main(["bag", str(drives), "--out", str(out), *common, *extra]) == 2
         assert expected in capsys.readouterr().err
         assert not out.exists()
+
+
+@pytest.mark.scale
+def test_a_worker_process_that_dies_fails_its_bag_and_the_others_go_on(tmp_path):
+    from parallel_tasks import die_on_bag_named_die  # a small module: spawned workers import it
+
+    from anomaly_seg_ros.replay.parallel import ReplayJob, _process_results
+    from anomaly_seg_ros.replay.runner import ReplayOptions
+
+    jobs = [ReplayJob(name, str(tmp_path / name), None, (), ReplayOptions()) for name in ("a", "die", "b")]
+    # one process: "a" finishes, "die" kills the pool before "b" starts; "b" runs in a new pool
+    results = list(_process_results(jobs, 1, task=die_on_bag_named_die))
+    assert [result.bag for result in results] == ["a", "die", "b"]
+    assert [result.error for result in results[::2]] == ["finished", "finished"]
+    assert results[1].error.startswith("worker process died")

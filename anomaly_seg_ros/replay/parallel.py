@@ -213,7 +213,9 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _process_results(jobs: Sequence[ReplayJob], workers: int) -> Iterator[BagResult]:
+def _process_results(
+    jobs: Sequence[ReplayJob], workers: int, task: Callable[[ReplayJob], BagResult] = replay_job
+) -> Iterator[BagResult]:
     """Results in bag order from a pool of spawned processes (fork after torch has started threads can hang).
 
     A worker that dies (killed, out of memory) breaks the whole pool in ``concurrent.futures``;
@@ -234,7 +236,7 @@ def _process_results(jobs: Sequence[ReplayJob], workers: int) -> Iterator[BagRes
             initializer=_init_worker,
             initargs=(threads,),
         ) as pool:
-            futures = {index: pool.submit(replay_job, jobs[index]) for index in pending}
+            futures = {index: pool.submit(task, jobs[index]) for index in pending}
             for index, future in futures.items():
                 try:
                     done[index] = future.result()
