@@ -147,7 +147,7 @@ def _corrupt_first_message(bag):
 
 @pytest.fixture(scope="module")
 def replay_case(tmp_path_factory):
-    """Three small bags (one obstacle each, different lengths), a corrupt fourth one, a tiny checkpoint, and
+    """Three small bags (different lengths, obstacles approaching), a corrupt fourth one, a tiny checkpoint, and
     the serial run's report of the three good bags."""
     import torch
 
