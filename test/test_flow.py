@@ -172,5 +172,8 @@ def test_flow_fit_needs_labels_and_parameters_are_checked():
         get_scorer("flowenedet", max_steps=0)
     with pytest.raises(ConfigError, match="holdout must be a share"):
         get_scorer("flowenedet", holdout=1.0)
+    everything_right = torch.zeros(50, dtype=torch.long)
+    with pytest.raises(ConfigError, match="all 10 held-out pixels are correctly classified"):
+        get_scorer("flowenedet").train_flow(torch.randn(50, 2), everything_right, torch.Generator().manual_seed(0))
     with pytest.raises(ConfigError, match="anomaly-seg fit-scorer flowenedet"):
         get_scorer("flowenedet")(torch.zeros(1, 19, 4, 4))

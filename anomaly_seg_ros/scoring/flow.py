@@ -367,6 +367,11 @@ class FlowEneDet(FittedScorer):
             raise ConfigError(f"scorer 'flowenedet': {x.shape[0]} pixels are too few to hold out {self.holdout:.0%}")
         self.heldout_rows = order[:held]
         x_val, m_val = x[order[:held]], classes[order[:held]]
+        if m_val.min() == m_val.max():
+            raise ConfigError(
+                f"scorer 'flowenedet': all {held} held-out pixels are {'mis' if int(m_val[0]) else 'correctly '}"
+                "classified, so the fit's quality cannot be measured; fit on more images"
+            )
         x_fit, m_fit = x[order[held:]], classes[order[held:]]
         torch.manual_seed(self.seed)
         flow = EnergyFlow(2, self.blocks, self.hidden)

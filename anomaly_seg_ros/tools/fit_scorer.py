@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-images", type=int, dest="max_images", help="use at most N images (default: all)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="PARAM=VALUE", help="scorer parameter, e.g. steps=800"
+        "--set", action="append", default=[], metavar="PARAM=VALUE", help="scorer parameter, e.g. max_steps=800"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -51,12 +51,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
-    """``["steps=800", "loss=ce"]`` -> ``{"steps": 800, "loss": "ce"}`` (values parsed as YAML)."""
+    """``["max_steps=800", "loss=ce"]`` -> ``{"max_steps": 800, "loss": "ce"}`` (values parsed as YAML)."""
     params: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected PARAM=VALUE, e.g. steps=800")
+            raise ConfigError(f"--set {item!r}: expected PARAM=VALUE, e.g. max_steps=800")
         params[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return params
 
