@@ -302,12 +302,15 @@ def detection_section(obstacles: Sequence[dict[str, Any]], total: dict[str, Any]
     if min_area is not None and frames:
         reach = [item["farthest_alertable_distance_m"] for item in obstacles]
         reach = [value for value in reach if value is not None]
-        farthest = (
-            f"; the farthest an obstacle of this drive was at least that large: {max(reach):.1f} m" if reach else ""
+        farthest = f"; the farthest an obstacle here was at least that large: {max(reach):.1f} m" if reach else ""
+        ranges = total.get("range_at_min_area_m") or {}
+        implied = "; ".join(
+            f"an obstacle of {area} m² frontal area reaches it up to {value:.0f} m" for area, value in ranges.items()
         )
         lines += [
             f"Detection range: an alert needs a component of at least min_area_px = {min_area} frame pixels; "
-            f"{below} of {frames} obstacle-frames were smaller and could not alert whatever their scores{farthest}.",
+            f"{below} of {frames} obstacle-frames were smaller and could not alert whatever their scores{farthest}."
+            + (f" At this camera (flat ground, pinhole), {implied}." if implied else ""),
             "",
         ]
     bag_head, bag_rule = ("| bag ", "| --- ") if with_bag else ("", "")
