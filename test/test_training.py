@@ -230,7 +230,7 @@ def test_training_config_from_yaml_and_set_overrides(tmp_path):
         load_train_config(path, sets=["device=gpu"])
     # the deployment config of the threshold calibration: relative to the file that names it
     (tmp_path / "deploy.yaml").write_text("alerts:\n  roi: none\n")
-    (tmp_path / "with_alerts.yaml").write_text("alerts_config: deploy.yaml\n")
+    (tmp_path / "with_alerts.yaml").write_text("data: /data\nalerts_config: deploy.yaml\n")
     assert load_train_config(tmp_path / "with_alerts.yaml").alerts_config == str(tmp_path / "deploy.yaml")
     with pytest.raises(ConfigError, match=r"train.alerts_config: expected null or an existing perception config"):
         load_train_config(path, sets=["alerts_config=missing.yaml"])
