@@ -58,6 +58,7 @@ ENCODINGS = {
 }
 #: Subscriptions of the probe: reliable matches the node's reliable publishers.
 PROBE_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
 def _ns(header) -> int:
@@ -447,3 +448,178 @@ def _flood(publisher, frames, stop: threading.Event) -> None:
         publisher.publish(msg)
         index += 1
         time.sleep(0.01)
+
+
+# ------------------------------------------------------------------------ start and stop
+
+
+@pytest.mark.parametrize(
+    ("case", "parameter"),
+    [
+        ("missing weights", "model.weights"),
+        ("unknown scorer", "scorer.name"),
+        ("out-of-range value", "alerts.track_iou"),
+        ("CUDA on a CPU machine", "model.device"),
+    ],
+)
+def test_startup_error_is_one_line_naming_the_parameter_and_exit_1(assets, tmp_path, case, parameter):
+    import torch
+
+    weights = str(assets["random_weights"])
+    parameters = {
+        "missing weights": {"model.weights": str(tmp_path / "missing.safetensors")},
+        "unknown scorer": {"model.weights": weights, "scorer.name": "no_such_scorer"},
+        "out-of-range value": {"model.weights": weights, "alerts.track_iou": 2.0},
+        "CUDA on a CPU machine": {"model.weights": weights, "model.device": "cuda"},
+    }[case]
+    if case.startswith("CUDA") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    node = NodeProcess(node_args(parameters), tmp_path / "node.log")
+    node.proc.wait(90)
+    returncode = node.stop()
+    lines = [line for line in node.output.splitlines() if line.strip() and "loading model" not in line]
+    assert returncode == 1, node.output
+    assert len(lines) == 1 and "Traceback" not in node.output, node.output
+    assert lines[0].startswith("[FATAL]") and f"parameter {parameter}" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_the_model_loads_is_a_clean_stop(assets, tmp_path, sig):
+    node = NodeProcess(
+        node_args({"model.weights": str(DEMO_CHECKPOINT), "model.backend": "eager"}), tmp_path / "node.log"
+    )
+    node.wait_output("loading model", timeout=60)
+    _assert_clean_exit(node, sig)
+
+
+# ------------------------------------------------------- transport, overload, memory soak
+
+
+@pytest.fixture(scope="module")
+def fast_node(graph, assets):
+    """The random-weight model at a 32x64 input: a few milliseconds per frame."""
+    node = _start(
+        graph,
+        assets["root"],
+        "fast",
+        {"model.weights": str(assets["random_weights"]), "diagnostics.period_s": 0.2, "input.use_camera_info": False},
+    )
+    outputs = Outputs(graph)
+    yield node, outputs
+    outputs.destroy()
+    _assert_clean_exit(node, signal.SIGINT)
+
+
+def _frame_msg(height: int, width: int, sec: int, value: int = 0) -> Image:
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    msg = Image(
+        header=Header(stamp=Time(sec=sec, nanosec=0), frame_id=TOPICS.frame_id),
+        height=height,
+        width=width,
+        encoding="rgb8",
+        step=3 * width,
+    )
+    msg.data = array.array("B", bytes([value % 256]) * (3 * width * height))
+    return msg
+
+
+def test_full_size_frames_arrive_on_default_fast_dds(graph, fast_node):
+    """1024x512 rgb8 (1.5 MB) frames from a reliable camera publisher all reach the node; a
+    best-effort publisher is refused with a hint naming the QoS override."""
+    node, outputs = fast_node
+    before = outputs.wait_status(lambda s: "frames received" in s, 10, "diagnostics")
+    publisher = graph.node.create_publisher(Image, TOPICS.image, 10)
+    graph.wait_for(lambda: publisher.get_subscription_count() > 0, 10, "the node to match")
+    time.sleep(0.3)
+    for index in range(20):
+        publisher.publish(_frame_msg(512, 1024, 5000 + index, index))
+        time.sleep(0.2)
+    try:
+        status = outputs.wait_status(
+            lambda s: _count(s, "frames received") - _count(before, "frames received") >= 20, 20, "20 full-size frames"
+        )
+    except AssertionError as error:
+        raise AssertionError(f"{error}: {before} -> {outputs.status()}") from None
+    assert _count(status, "frames received") - _count(before, "frames received") == 20
+    graph.node.destroy_publisher(publisher)
+    best_effort = graph.node.create_publisher(Image, TOPICS.image, BEST_EFFORT)
+    node.wait_output("subscription.reliability:=best_effort", timeout=20)
+    graph.node.destroy_publisher(best_effort)
+
+
+def test_overload_keeps_latency_bounded_and_counts_drops(graph, fast_node):
+    node, outputs = fast_node
+    publisher = graph.node.create_publisher(Image, TOPICS.image, 10)
+    graph.wait_for(lambda: publisher.get_subscription_count() > 0, 10, "the node to match")
+    time.sleep(0.3)
+    # The node's processing time, measured on this machine now.
+    outputs.clear()
+    sent_at: dict[int, float] = {}
+    for index in range(10):
+        sent_at[6000 + index] = time.time()
+        publisher.publish(_frame_msg(HEIGHT, WIDTH, 6000 + index))
+        graph.wait_for(lambda i=index: len(outputs.msgs[messages.OBSTACLE_ALERTS]) > i, 10, "a frame")
+    arrivals = outputs.arrivals[messages.OBSTACLE_ALERTS]
+    processing_s = float(np.median([arrivals[i] - sent_at[6000 + i] for i in range(10)]))
+    time.sleep(0.6)  # idle node: the status published now (every 0.2 s) counts every frame so far
+    before = outputs.status()
+    # Frames at 3x that rate, stamped with their send time.
+    outputs.clear()
+    period = processing_s / 3
+    count = 150
+    for _ in range(count):
+        now = time.time()
+        msg = _frame_msg(HEIGHT, WIDTH, 0)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = int(now), int((now % 1) * 1e9)
+        publisher.publish(msg)
+        time.sleep(period)
+    graph.node.destroy_publisher(publisher)
+    time.sleep(max(1.0, 5 * processing_s))
+    stamps = outputs.stamps(messages.OBSTACLE_ALERTS)
+    latencies = [
+        arrival - stamp / 1e9 for arrival, stamp in zip(outputs.arrivals[messages.OBSTACLE_ALERTS], stamps, strict=True)
+    ]
+    received_out = len(set(stamps))
+    assert 0 < received_out < count, "at 3x the processing rate some frames must be dropped"
+    # Bounded: about one processing time plus one wait, however long the overload lasts.
+    bound = 4 * processing_s + 0.25
+    assert max(latencies) < bound, (max(latencies), processing_s)
+    assert np.mean(latencies[-10:]) < bound
+    time.sleep(0.6)
+    status = outputs.status()
+    received = _count(status, "frames received") - _count(before, "frames received")
+    processed = _count(status, "frames processed") - _count(before, "frames processed")
+    dropped = _count(status, "frames dropped") - _count(before, "frames dropped")
+    assert processed == received_out, "diagnostics count exactly the frames the probe saw come out"
+    assert received + dropped >= received and received <= count
+    assert received == processed + dropped, (received, processed, dropped)
+    assert dropped > 0
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_soak_of_thousands_of_frames_keeps_memory_flat(graph, fast_node):
+    node, outputs = fast_node
+    outputs.destroy()  # nobody listens to the outputs: the node's own memory, not the probe's
+    publisher = graph.node.create_publisher(Image, TOPICS.image, 10)
+    graph.wait_for(lambda: publisher.get_subscription_count() > 0, 10, "the node to match")
+    samples = []
+    msg = _frame_msg(48, 96, 0)
+    for index in range(3000):
+        msg.header.stamp.sec = 10000 + index
+        publisher.publish(msg)
+        time.sleep(0.004)
+        if index % 300 == 299:
+            samples.append(_rss_kb(node.proc.pid))
+    graph.node.destroy_publisher(publisher)
+    warm = samples[2:]  # after warm-up (allocator pools, first frames)
+    growth_mb = (max(warm) - warm[0]) / 1024
+    assert growth_mb < 8.0, f"RSS samples (kB): {samples}"
+    outputs.__init__(graph)  # resubscribe for the fixture's teardown

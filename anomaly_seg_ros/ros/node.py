@@ -80,12 +80,14 @@ _ARRAY_TYPES = {"integer_array": Parameter.Type.INTEGER_ARRAY, "double_array": P
 ALERT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 #: Keep-last 1: image views are for looking at; an old one is worth nothing.
 VIEW_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-#: Camera input: reliable keep-last 1. A full-size frame (1.5 MB at 1024x512 rgb8) is split into
+#: Camera input: reliable keep-last 3. A full-size frame (1.5 MB at 1024x512 rgb8) is split into
 #: many DDS fragments; best-effort between processes on a default Fast DDS loses almost every
-#: frame (0-2 of 60 arrive), reliable delivery gets all of them (test_ros_graph.py). Keep-last 1
-#: with the worker's latest-value slot keeps latency bounded. A best-effort camera publisher does
-#: not match a reliable subscription: the node then logs how to override the reliability.
-IMAGE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+#: frame (0-2 of 60 arrive), reliable delivery gets all of them (test_ros_graph.py). Depth 3,
+#: not 1: while the worker holds the GIL the executor may be late, and a frame replaced in the
+#: reader's history would be lost uncounted; the worker's latest-value slot drops (and counts)
+#: old frames instead, which keeps latency bounded. A best-effort camera publisher does not
+#: match a reliable subscription: the node then logs how to override the reliability.
+IMAGE_QOS = QoSProfile(depth=3, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
 class StartupError(Exception):
