@@ -1,6 +1,6 @@
 """Memory and scorer cost of the evaluation loop (``anomaly-seg evaluate``'s inner loop).
 
-Runs :func:`anomaly_seg_ros.evaluation.evaluate_cell` over N synthetic 1024x512 anomaly frames
+Runs :func:`anomaly_seg_ros.evaluation.grid.evaluate_cell` over N synthetic 1024x512 anomaly frames
 generated on the fly (no PNGs written), twice: with 6 scorers and with 1. Reports the process's
 resident memory after 100 / 250 / 500 frames (it must not grow with the frames: the streaming
 metrics switch to fixed-size histograms once their 4 M-pixel buffer is full, and no per-image
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomaly_seg_ros.config import load_config
+from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.data.synthetic import render_scene
-from anomaly_seg_ros.evaluation import evaluate_cell
-from anomaly_seg_ros.perception import Perception
+from anomaly_seg_ros.evaluation.grid import evaluate_cell
 from anomaly_seg_ros.scoring import get_scorer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ exactly; it replaces the model only, never ROS or a backend.
 import torch
 from torch import nn
 
-from anomaly_seg_ros.config import load_config
-from anomaly_seg_ros.perception import Perception
+from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.perception import Perception
 
 NET = (64, 128)  # network input (h, w) used with SceneLogits
 
@@ -57,8 +57,8 @@ def ros_test_assets(root) -> tuple:
 
     from rosbags.highlevel import AnyReader
 
-    from anomaly_seg_ros.data.synthetic_bag import SequenceTopics, write_sequence_bag
     from anomaly_seg_ros.models import build_model, save_checkpoint
+    from anomaly_seg_ros.replay.synthetic_bag import SequenceTopics, write_sequence_bag
 
     root = Path(root)
     bag = write_sequence_bag(root / "bag", num_frames=10, height=128, width=256, fps=10.0)

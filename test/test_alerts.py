@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from anomaly_seg_ros.alerts import AlertTracker, Component, bbox_iou, drivable_area, find_components, region_of_interest
-from anomaly_seg_ros.config import AlertConfig
+from anomaly_seg_ros.core.alerts import (
+    AlertTracker,
+    Component,
+    bbox_iou,
+    drivable_area,
+    find_components,
+    region_of_interest,
+)
+from anomaly_seg_ros.core.config import AlertConfig
 
 
 def _component(x, y, w=10, h=10) -> Component:

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from anomaly_seg_ros.config import load_config
-from anomaly_seg_ros.errors import ConfigError, DatasetError
+from anomaly_seg_ros.common.errors import ConfigError, DatasetError
+from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.inference.backends import (
     CPU_AUTO_ORDER,
     BackendRequest,
@@ -24,7 +25,6 @@ from anomaly_seg_ros.inference.backends import (
 )
 from anomaly_seg_ros.inference.preprocess import frame_to_tensor, normalize_images
 from anomaly_seg_ros.models import build_model
-from anomaly_seg_ros.perception import Perception
 
 HAS_TRT = importlib.util.find_spec("torch_tensorrt") is not None
 SMALL = (32, 64)
@@ -175,7 +175,7 @@ def test_calibration_images_are_read_and_preprocessed_like_frames(tmp_path):
 
 
 def test_benchmark_cli_reports_every_stage_and_consistent_ratios(tmp_path):
-    from anomaly_seg_ros.tools.benchmark import STAGES, percentiles
+    from anomaly_seg_ros.benchmarking.speed import STAGES, percentiles
     from anomaly_seg_ros.tools.cli import main
 
     stats = percentiles([4.0, 1.0, 3.0, 2.0])

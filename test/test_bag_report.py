@@ -8,18 +8,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from anomaly_seg_ros.bag_report import (
-    bag_duration_s,
-    latency_stats,
-    missing_frames,
-    simulate_latest_slot,
-    write_bag_report,
-)
-from anomaly_seg_ros.bagio import BagWriter, iter_messages
-from anomaly_seg_ros.data.synthetic_bag import START_NS, SequenceTopics, write_sequence_bag
-from anomaly_seg_ros.errors import BagError
+from anomaly_seg_ros.common.errors import BagError
 from anomaly_seg_ros.metrics.components import ComponentMetrics
-from anomaly_seg_ros.replay import plan_outputs, replay_bag, replay_bags
+from anomaly_seg_ros.replay.bagio import BagWriter, iter_messages
+from anomaly_seg_ros.replay.report import write_bag_report
+from anomaly_seg_ros.replay.runner import plan_outputs, replay_bag, replay_bags
+from anomaly_seg_ros.replay.stats import bag_duration_s, latency_stats, missing_frames, simulate_latest_slot
+from anomaly_seg_ros.replay.synthetic_bag import START_NS, SequenceTopics, write_sequence_bag
 from anomaly_seg_ros.ros.conversions import array_to_image_msg, make_header, stamp_to_ns
 from anomaly_seg_ros.ros.typestore import get_typestore
 

@@ -7,8 +7,8 @@ import pytest
 from rosbags.typesys import Stores, get_types_from_msg
 from rosbags.typesys import get_typestore as rosbags_typestore
 
-from anomaly_seg_ros.bagio import BagWriter, iter_messages, iter_raw, list_topics
-from anomaly_seg_ros.errors import BagError
+from anomaly_seg_ros.common.errors import BagError
+from anomaly_seg_ros.replay.bagio import BagWriter, iter_messages, iter_raw, list_topics
 from anomaly_seg_ros.ros import conversions as conv
 from anomaly_seg_ros.ros.typestore import (
     CAMERA_INFO,

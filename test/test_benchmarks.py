@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
+from anomaly_seg_ros.common.errors import DatasetError
 from anomaly_seg_ros.data import AnomalyDataset, render_scene, write_anomaly_set
 from anomaly_seg_ros.data.benchmarks import BENCHMARK_KINDS, detect_kind, open_anomaly_dataset
-from anomaly_seg_ros.errors import DatasetError
 
 H, W = 24, 32
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_seg_ros.config import load_config
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.data.layout import generate_datasets
-from anomaly_seg_ros.errors import ConfigError
 from anomaly_seg_ros.inference.preprocess import normalize_images
 from anomaly_seg_ros.metrics.calibration import (
     CalibrationHistogram,
@@ -20,7 +21,6 @@ from anomaly_seg_ros.metrics.calibration import (
     fit_temperature,
 )
 from anomaly_seg_ros.models import build_model, load_model, read_metadata, save_checkpoint
-from anomaly_seg_ros.perception import Perception
 from anomaly_seg_ros.scoring.softmax import MaxSoftmax
 from anomaly_seg_ros.tools import cli
 from anomaly_seg_ros.training import SegmentationSamples

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from anomaly_seg_ros.bagio import list_topics
-from anomaly_seg_ros.data.synthetic_bag import write_sequence_bag
 from anomaly_seg_ros.models import build_model, save_checkpoint
+from anomaly_seg_ros.replay.bagio import list_topics
+from anomaly_seg_ros.replay.synthetic_bag import write_sequence_bag
 from anomaly_seg_ros.tools.cli import main
 
 
@@ -49,7 +49,7 @@ def test_set_overrides_reach_the_pipeline(tmp_path, checkpoint, bag):
     out = tmp_path / "out"
     args = ["bag", str(bag), "--out", str(out), "--weights", str(checkpoint), "--no-progress"]
     assert main([*args, "--set", "scorer.name=msp", "--set", "alerts.threshold=-0.25"]) == 0
-    from anomaly_seg_ros.bagio import iter_messages
+    from anomaly_seg_ros.replay.bagio import iter_messages
 
     alerts = [m.msg for m in iter_messages(out, topics=["/anomaly_seg_node/obstacle_alerts"])]
     assert {a.scorer for a in alerts} == {"msp"}

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from anomaly_seg_ros.config import PerceptionConfig, load_config, parse_override, replace_config
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.core.config import PerceptionConfig, load_config, parse_override, replace_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from anomaly_seg_ros.errors import MessageConversionError
+from anomaly_seg_ros.common.errors import MessageConversionError
 from anomaly_seg_ros.ros import conversions as conv
 from anomaly_seg_ros.ros import typestore as typestore_module
 from anomaly_seg_ros.ros.typestore import (

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from anomaly_seg_ros.common.errors import ConfigError, DatasetError
+from anomaly_seg_ros.common.labels import PALETTE
 from anomaly_seg_ros.data import (
     AnomalyDataset,
     CityscapesDataset,
@@ -22,9 +24,7 @@ from anomaly_seg_ros.data import (
 )
 from anomaly_seg_ros.data.augment import Augmentation, sample_generator
 from anomaly_seg_ros.data.cityscapes import convert_label_ids, label_ids_to_train_ids
-from anomaly_seg_ros.errors import ConfigError, DatasetError
 from anomaly_seg_ros.inference.preprocess import resize_images, resize_labels
-from anomaly_seg_ros.labels import PALETTE
 from anomaly_seg_ros.tools import synth
 
 H, W = 64, 128

@@ -121,7 +121,7 @@ def test_two_process_gloo_run_matches_one_process_on_the_same_global_batch(datas
 
 
 def test_global_batch_must_split_evenly_over_the_processes(dataset):
-    from anomaly_seg_ros.errors import ConfigError
+    from anomaly_seg_ros.common.errors import ConfigError
     from anomaly_seg_ros.training import DistContext, local_batch_size
 
     config = TrainConfig(data=str(dataset), batch_size=6)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.inference import backends
 from anomaly_seg_ros.inference.backends import BackendRequest, select_backend
 from anomaly_seg_ros.inference.engine_cache import EngineCache, EngineKey, file_sha256, make_key, weights_sha256

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.models import build_model, save_checkpoint
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 from anomaly_seg_ros.scoring import get_scorer, instance_mean

@@ -18,23 +18,23 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from anomaly_seg_ros.config import load_config
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.data.datasets import AnomalyDataset, CityscapesDataset
 from anomaly_seg_ros.data.layout import generate_datasets
-from anomaly_seg_ros.errors import ConfigError
-from anomaly_seg_ros.evaluation import (
+from anomaly_seg_ros.evaluation.grid import (
     best_f1_threshold,
     load_streaming_metrics,
     parse_dataset_spec,
     parse_scorer_spec,
     save_streaming_metrics,
 )
+from anomaly_seg_ros.evaluation.plots import score_counts
 from anomaly_seg_ros.metrics import StreamingOODMetrics
 from anomaly_seg_ros.models import build_model, save_checkpoint
 from anomaly_seg_ros.models.erfnet import Encoder
-from anomaly_seg_ros.perception import Perception
-from anomaly_seg_ros.plots import score_counts
-from anomaly_seg_ros.scoring import base as scoring_base
+from anomaly_seg_ros.scoring import registry as scoring_registry
 from anomaly_seg_ros.scoring.softmax import MaxSoftmax
 from anomaly_seg_ros.tools import evaluate as evaluate_tool
 
@@ -219,7 +219,7 @@ def test_an_unfitted_scorer_is_reported_with_the_fit_command_and_the_others_go_o
         def fitted(self) -> bool:
             return False
 
-    monkeypatch.setitem(scoring_base._REGISTRY, NeedsFit.name, NeedsFit)
+    monkeypatch.setitem(scoring_registry._REGISTRY, NeedsFit.name, NeedsFit)
     assert _evaluate(assets, tmp_path / "grid", ["needs_fit_test", "msp"], "--no-plots") == 0
     rows = {row["scorer"]: row for row in json.loads((tmp_path / "grid" / "results.json").read_text())["rows"]}
     (cell,) = rows["needs_fit_test"]["datasets"].values()
@@ -310,7 +310,7 @@ def test_best_f1_threshold_is_sklearns_and_component_metrics_use_it(assets, tmp_
 
 
 def test_scorer_specs_take_list_values_split_on_top_level_commas_only():
-    from anomaly_seg_ros.evaluation import split_top_level
+    from anomaly_seg_ros.evaluation.grid import split_top_level
 
     # the comma inside [...] belongs to the value; the quoted one inside a list item too
     parts = split_top_level('m=[a,b],T=2,n={k: [1, 2]},q=["x,y", z]')
@@ -326,11 +326,11 @@ def test_scorer_specs_take_list_values_split_on_top_level_commas_only():
     assert params == {"members": ("a.safetensors", "b.safetensors")}
     assert title == "ensemble_entropy (members=[a.safetensors,b.safetensors])"
     # the scorer built from the resolved parameters has the members, in order
-    assert scoring_base.get_scorer("ensemble_entropy", **params).members == ("a.safetensors", "b.safetensors")
+    assert scoring_registry.get_scorer("ensemble_entropy", **params).members == ("a.safetensors", "b.safetensors")
     # booleans and numbers next to a list; T still means temperature in both forms
     pgu = parse_scorer_spec("pgu@p=0.5,bias=false")
     assert pgu.params == (("p", 0.5), ("bias", False))
-    assert scoring_base.get_scorer("pgu", **dict(pgu.params)).params == {"p": 0.5, "bias": False}
+    assert scoring_registry.get_scorer("pgu", **dict(pgu.params)).params == {"p": 0.5, "bias": False}
     assert parse_scorer_spec("msp@{T: 0.5}") == parse_scorer_spec("msp@T=0.5")
     for text, words in (
         ("ensemble_entropy@members=[a.safetensors,b.safetensors", "unclosed bracket"),

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_seg_ros.config import load_config
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.models import build_model, load_model, save_checkpoint
-from anomaly_seg_ros.perception import Perception
 from anomaly_seg_ros.scoring import get_scorer, load_fit, prepare_scorer, save_fit, score_all
 from anomaly_seg_ros.scoring.fitting import fit_path, read_fit_metadata
 from anomaly_seg_ros.tools import fit_scorer

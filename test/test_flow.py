@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.models import build_model, save_checkpoint
 from anomaly_seg_ros.scoring import get_scorer, load_fit, save_fit
 from anomaly_seg_ros.scoring.flow import EnergyFlow, energy_inputs, flow_loss

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_seg_ros.config import load_config
+from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.inference import backends
 from anomaly_seg_ros.inference.backends import BackendRequest, select_backend
 from anomaly_seg_ros.inference.preprocess import FrameTransfer, frame_to_tensor
 from anomaly_seg_ros.models import build_model
-from anomaly_seg_ros.perception import Perception
 
 CUDA = torch.cuda.is_available()
 TRT = CUDA and importlib.util.find_spec("torch_tensorrt") is not None

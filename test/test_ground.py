@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from anomaly_seg_ros.alerts import Alert, Component
-from anomaly_seg_ros.ground import GroundModel
+from anomaly_seg_ros.core.alerts import Alert, Component
+from anomaly_seg_ros.core.ground import GroundModel
 from anomaly_seg_ros.ros.messages import alert_msg
 from anomaly_seg_ros.ros.typestore import OBSTACLE_ALERT, get_typestore
 

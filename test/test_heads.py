@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_seg_ros.errors import CheckpointError, ConfigError
+from anomaly_seg_ros.common.errors import CheckpointError, ConfigError
 from anomaly_seg_ros.losses import build_criterion
 from anomaly_seg_ros.models import build_model, load_model, load_weights, read_metadata, save_checkpoint
 from anomaly_seg_ros.models.heads import IsoMaxPlusHead, IsoMaxPlusNet, attach_head, head_kind

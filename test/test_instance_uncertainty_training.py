@@ -10,10 +10,10 @@ import torch
 from scipy import ndimage
 
 import anomaly_seg_ros.training.instance_uncertainty as iu_training
+from anomaly_seg_ros.common.errors import ConfigError, DatasetError
 from anomaly_seg_ros.data.augment import Augmentation, sample_generator
 from anomaly_seg_ros.data.datasets import CityscapesDataset
 from anomaly_seg_ros.data.layout import generate_datasets
-from anomaly_seg_ros.errors import ConfigError, DatasetError
 from anomaly_seg_ros.losses import build_criterion
 from anomaly_seg_ros.models import build_model, read_metadata, save_checkpoint
 from anomaly_seg_ros.training import BEST_CHECKPOINT, load_train_config, train

@@ -105,7 +105,7 @@ def test_rviz_views_are_node_outputs():
 
 
 def test_one_node_per_camera():
-    from anomaly_seg_ros.errors import ConfigError
+    from anomaly_seg_ros.common.errors import ConfigError
     from anomaly_seg_ros.ros.cameras import CameraStream, camera_streams
 
     single = camera_streams("", image_topic="/cam/image_raw", camera_info_topic="/cam/camera_info", namespace="car")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomaly_seg_ros.errors import ConfigError, DatasetError
+from anomaly_seg_ros.common.errors import ConfigError, DatasetError
 from anomaly_seg_ros.losses import (
     build_criterion,
     class_histogram,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_seg_ros.errors import CheckpointError, ConfigError
+from anomaly_seg_ros.common.errors import CheckpointError, ConfigError
 from anomaly_seg_ros.models import (
     ResNet18,
     build_model,

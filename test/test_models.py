@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from anomaly_seg_ros.errors import CheckpointError, ConfigError
-from anomaly_seg_ros.labels import TRAIN_ID_NAMES
+from anomaly_seg_ros.common.errors import CheckpointError, ConfigError
+from anomaly_seg_ros.common.labels import TRAIN_ID_NAMES
 from anomaly_seg_ros.models import (
     available_models,
     build_model,

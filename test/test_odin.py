@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 from anomaly_seg_ros.scoring import get_scorer
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from anomaly_seg_ros.labels import TRAIN_ID_NAMES
+from anomaly_seg_ros.common.labels import TRAIN_ID_NAMES
 from anomaly_seg_ros.metrics import PAvPU, pavpu
 from anomaly_seg_ros.metrics.segmentation import ConfusionMatrix
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from anomaly_seg_ros.config import load_config
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.inference.preprocess import normalize_images
 from anomaly_seg_ros.models import build_model, save_checkpoint
-from anomaly_seg_ros.perception import Perception
 
 from conftest import scene_perception as _perception
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.models.erfnet import ERFNet
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 from anomaly_seg_ros.scoring import get_scorer

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomaly_seg_ros.config import load_config
+from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.inference.preprocess import (
     FrameTransfer,
     check_frame,
@@ -17,7 +18,6 @@ from anomaly_seg_ros.inference.preprocess import (
     to_frame_size,
 )
 from anomaly_seg_ros.models import build_model
-from anomaly_seg_ros.perception import Perception
 
 
 def test_labels_from_logits_is_argmax_with_first_maximum_on_ties():

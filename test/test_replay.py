@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from anomaly_seg_ros.bagio import BagWriter, iter_messages, list_topics
-from anomaly_seg_ros.errors import BagError
-from anomaly_seg_ros.replay import ReplayOptions, find_topics, replay_bag
+from anomaly_seg_ros.common.errors import BagError
+from anomaly_seg_ros.replay.bagio import BagWriter, iter_messages, list_topics
+from anomaly_seg_ros.replay.runner import ReplayOptions, find_topics, replay_bag
 from anomaly_seg_ros.ros.conversions import (
     array_to_image_msg,
     camera_info_msg,

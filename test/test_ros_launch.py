@@ -24,7 +24,7 @@ from anomaly_seg_msgs.msg import ObstacleAlertArray  # noqa: E402
 from launch.actions import ExecuteProcess, IncludeLaunchDescription, TimerAction  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 
-from anomaly_seg_ros.data.synthetic_bag import SequenceTopics  # noqa: E402
+from anomaly_seg_ros.replay.synthetic_bag import SequenceTopics  # noqa: E402
 
 from conftest import ros_test_assets  # noqa: E402
 

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from anomaly_seg_ros.config import PerceptionConfig, load_config
-from anomaly_seg_ros.errors import CheckpointError, ConfigError
-from anomaly_seg_ros.perception import Perception
+from anomaly_seg_ros.common.errors import CheckpointError, ConfigError
+from anomaly_seg_ros.core.config import PerceptionConfig, load_config
+from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.ros.parameters import (
     apply_changes,
     config_from_parameters,

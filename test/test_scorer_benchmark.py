@@ -9,16 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomaly_seg_ros.errors import ConfigError
-from anomaly_seg_ros.evaluation import parse_scorer_spec
-from anomaly_seg_ros.models import build_model, save_checkpoint
-from anomaly_seg_ros.scoring import get_scorer, save_fit
-from anomaly_seg_ros.scoring.fitting import fit_path
-from anomaly_seg_ros.tools.benchmark import (
+from anomaly_seg_ros.benchmarking.speed import (
     SCORER_TARGETS,
     prepare_benchmark_scorer,
     synthetic_fit_batches,
 )
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.evaluation.grid import parse_scorer_spec
+from anomaly_seg_ros.models import build_model, save_checkpoint
+from anomaly_seg_ros.scoring import get_scorer, save_fit
+from anomaly_seg_ros.scoring.fitting import fit_path
 from anomaly_seg_ros.tools.cli import main
 
 SIZE = (64, 128)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.scoring import available_scorers, get_scorer, logit_scorers
 
 
@@ -99,7 +99,7 @@ def test_registry_errors_name_the_problem():
 
 
 def _smoke_scorers() -> list[str]:
-    from anomaly_seg_ros.scoring.base import _REGISTRY
+    from anomaly_seg_ros.scoring.registry import _REGISTRY
 
     # head-specific scorers (void class, IsoMax+) need models trained for them and are tested with those
     return [name for name in available_scorers() if not _REGISTRY[name].requires_head]

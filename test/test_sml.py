@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.scoring import get_scorer
 from anomaly_seg_ros.scoring.sml import (
     MaxLogitStatistics,

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from anomaly_seg_ros.common.labels import IGNORE_INDEX, NUM_CITYSCAPES_CLASSES, TRAIN_ID
 from anomaly_seg_ros.data.synthetic import anomaly_palette_mask, render_scene, render_sequence
-from anomaly_seg_ros.labels import IGNORE_INDEX, NUM_CITYSCAPES_CLASSES, TRAIN_ID
 
 H, W = 128, 256
 SEEDS = range(8)

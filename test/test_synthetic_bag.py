@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from anomaly_seg_ros.bagio import iter_messages, list_topics
 from anomaly_seg_ros.data import camera_intrinsics, render_sequence
-from anomaly_seg_ros.data.synthetic_bag import START_NS, write_sequence_bag
+from anomaly_seg_ros.replay.bagio import iter_messages, list_topics
+from anomaly_seg_ros.replay.synthetic_bag import START_NS, write_sequence_bag
 from anomaly_seg_ros.ros.conversions import image_to_array, image_to_rgb, stamp_to_ns
 from anomaly_seg_ros.tools.cli import main
 

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 import anomaly_seg_ros.training.loop as loop
+from anomaly_seg_ros.common.errors import CheckpointError, ConfigError
 from anomaly_seg_ros.data.layout import generate_datasets
-from anomaly_seg_ros.errors import CheckpointError, ConfigError
 from anomaly_seg_ros.losses import build_criterion
 from anomaly_seg_ros.models import available_models, build_model, read_metadata
 from anomaly_seg_ros.models.outputs import SegmentationOutput

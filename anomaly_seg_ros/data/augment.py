@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.common.labels import IGNORE_INDEX
 from anomaly_seg_ros.inference.preprocess import resize_images, resize_labels
-from anomaly_seg_ros.labels import IGNORE_INDEX
 
 #: ITU-R BT.601 luma weights, as in torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)

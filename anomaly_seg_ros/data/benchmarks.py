@@ -56,9 +56,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anomaly_seg_ros.common.errors import DatasetError
+from anomaly_seg_ros.common.labels import ANOMALY, IGNORE_INDEX, IN_DISTRIBUTION
 from anomaly_seg_ros.data.datasets import IMAGE_SUFFIXES, AnomalyDataset, read_rgb
-from anomaly_seg_ros.errors import DatasetError
-from anomaly_seg_ros.labels import ANOMALY, IGNORE_INDEX, IN_DISTRIBUTION
 
 logger = logging.getLogger(__name__)
 

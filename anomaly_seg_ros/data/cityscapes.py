@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anomaly_seg_ros.errors import DatasetError
-from anomaly_seg_ros.labels import IGNORE_INDEX
+from anomaly_seg_ros.common.errors import DatasetError
+from anomaly_seg_ros.common.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anomaly_seg_ros.common.errors import ConfigError, DatasetError
+from anomaly_seg_ros.common.labels import ANOMALY, IGNORE_INDEX, IN_DISTRIBUTION, NUM_CITYSCAPES_CLASSES
 from anomaly_seg_ros.data.cityscapes import LABEL_IDS_TAG, label_ids_to_train_ids
-from anomaly_seg_ros.errors import ConfigError, DatasetError
-from anomaly_seg_ros.labels import ANOMALY, IGNORE_INDEX, IN_DISTRIBUTION, NUM_CITYSCAPES_CLASSES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _IMAGE_TAG = "_leftImg8bit"

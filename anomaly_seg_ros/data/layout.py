@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anomaly_seg_ros.common.errors import DatasetError
+from anomaly_seg_ros.common.labels import IGNORE_INDEX, TRAIN_ID
 from anomaly_seg_ros.data.synthetic import Scene, render_scene
 from anomaly_seg_ros.data.synthetic_world import STREAM_ANOMALY_COUNT
-from anomaly_seg_ros.errors import DatasetError
-from anomaly_seg_ros.labels import IGNORE_INDEX, TRAIN_ID
 
 logger = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from functools import partial
 import cv2
 import numpy as np
 
+from anomaly_seg_ros.common.labels import ANOMALY, IGNORE_INDEX, TRAIN_ID
 from anomaly_seg_ros.data import synthetic_sprites as sp
 from anomaly_seg_ros.data.synthetic_sprites import ANOMALY_HUE_BANDS_DEG, anomaly_palette_mask
 from anomaly_seg_ros.data.synthetic_world import (
@@ -43,7 +44,6 @@ from anomaly_seg_ros.data.synthetic_world import (
     World,
     billboard,
 )
-from anomaly_seg_ros.labels import ANOMALY, IGNORE_INDEX, TRAIN_ID
 
 __all__ = [
     "ANOMALY_HUE_BANDS_DEG",

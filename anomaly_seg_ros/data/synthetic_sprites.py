@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from anomaly_seg_ros.labels import TRAIN_ID
+from anomaly_seg_ros.common.labels import TRAIN_ID
 
 # Sprite label codes besides trainIds.
 ANOMALY_MARK = 200  # an anomaly object (the scene labels become 255, the anomaly mask 1)

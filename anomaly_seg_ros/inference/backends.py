@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError, DatasetError
+from anomaly_seg_ros.common.errors import ConfigError, DatasetError
 from anomaly_seg_ros.inference.engine_cache import EngineCache, make_key
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 
@@ -96,7 +96,7 @@ class BackendRequest:
     def from_config(
         cls, model_config: Any, *, input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]
     ) -> BackendRequest:
-        """The request of a :class:`~anomaly_seg_ros.config.ModelConfig`."""
+        """The request of a :class:`~anomaly_seg_ros.core.config.ModelConfig`."""
         return cls(
             backend=model_config.backend,
             precision=model_config.precision,

@@ -37,8 +37,8 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError
-from anomaly_seg_ros.fileio import atomic_write
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.common.fileio import atomic_write
 
 LOGGER = logging.getLogger(__name__)
 

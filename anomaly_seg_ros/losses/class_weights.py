@@ -31,8 +31,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from anomaly_seg_ros.errors import ConfigError, DatasetError
-from anomaly_seg_ros.labels import IGNORE_INDEX, VOID_INDEX
+from anomaly_seg_ros.common.errors import ConfigError, DatasetError
+from anomaly_seg_ros.common.labels import IGNORE_INDEX, VOID_INDEX
 
 #: ENet's constant: weights are bounded by 1 / ln(1.02) ~ 50.5.
 ENET_C = 1.02

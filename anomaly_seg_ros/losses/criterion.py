@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError, DatasetError
+from anomaly_seg_ros.common.errors import ConfigError, DatasetError
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 
 #: Added to the logit norm in LogitNorm, as in the paper's code, so zero logits do not divide by 0.

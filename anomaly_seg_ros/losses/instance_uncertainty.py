@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from anomaly_seg_ros.errors import ConfigError
-from anomaly_seg_ros.labels import IGNORE_INDEX
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.common.labels import IGNORE_INDEX
 from anomaly_seg_ros.scoring.ensemble import ensemble_entropy  # noqa: F401  (re-exported: the loss's PU)
 from anomaly_seg_ros.scoring.instance import instance_mean
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomaly_seg_ros.labels import IGNORE_INDEX
+from anomaly_seg_ros.common.labels import IGNORE_INDEX
 
 
 def _flatten(values: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from anomaly_seg_ros.labels import ANOMALY, IGNORE_INDEX, IN_DISTRIBUTION
+from anomaly_seg_ros.common.labels import ANOMALY, IGNORE_INDEX, IN_DISTRIBUTION
 from anomaly_seg_ros.metrics.ood import ArrayLike, _to_numpy
 
 SIOU_THRESHOLDS = np.linspace(0.25, 0.75, 11, endpoint=True)  # the reference code's thresh_sIoU

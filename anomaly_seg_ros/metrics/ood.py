@@ -34,11 +34,12 @@ The exact functions sort once, ``O(n log n)``: 50 M continuous float32 pixels ta
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from anomaly_seg_ros.labels import ANOMALY, IGNORE_INDEX, IN_DISTRIBUTION
+from anomaly_seg_ros.common.labels import ANOMALY, IGNORE_INDEX, IN_DISTRIBUTION
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -456,3 +457,8 @@ class StreamingOODMetrics:
             error_bounds=self._error_bounds(curve, tpr),
         )
         return result
+
+
+def anomaly_ratio(metrics: dict[str, Any]) -> float:
+    """Fraction of anomaly pixels: the AuPRC of a scorer that knows nothing."""
+    return metrics["num_anomaly"] / (metrics["num_anomaly"] + metrics["num_in_distribution"])

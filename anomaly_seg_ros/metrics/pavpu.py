@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anomaly_seg_ros.labels import IGNORE_INDEX
+from anomaly_seg_ros.common.labels import IGNORE_INDEX
 from anomaly_seg_ros.metrics.ood import ArrayLike, _to_numpy
 
 

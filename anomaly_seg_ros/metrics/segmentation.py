@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from anomaly_seg_ros.labels import IGNORE_INDEX, class_names
+from anomaly_seg_ros.common.labels import IGNORE_INDEX, class_names
 
 ArrayLike = np.ndarray | torch.Tensor
 

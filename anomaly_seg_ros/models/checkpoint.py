@@ -32,9 +32,9 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from anomaly_seg_ros.errors import CheckpointError, ConfigError
-from anomaly_seg_ros.fileio import atomic_write_bytes
-from anomaly_seg_ros.labels import class_names as default_class_names
+from anomaly_seg_ros.common.errors import CheckpointError, ConfigError
+from anomaly_seg_ros.common.fileio import atomic_write_bytes
+from anomaly_seg_ros.common.labels import class_names as default_class_names
 from anomaly_seg_ros.models.heads import HEAD_KINDS, head_kind
 from anomaly_seg_ros.models.registry import (
     available_models,

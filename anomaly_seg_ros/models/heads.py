@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 
 #: Head kinds ``build_model(..., head=...)`` and checkpoint metadata ``"head"`` accept.

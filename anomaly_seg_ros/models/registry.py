@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 

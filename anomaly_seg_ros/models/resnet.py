@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_seg_ros.errors import CheckpointError
+from anomaly_seg_ros.common.errors import CheckpointError
 
 #: Keys of torchvision's ImageNet classifier, which the feature extractor does not have.
 CLASSIFIER_KEYS = ("fc.weight", "fc.bias")

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from rosbags.typesys.store import Typestore
 
-from anomaly_seg_ros.errors import MessageConversionError
+from anomaly_seg_ros.common.errors import MessageConversionError
 from anomaly_seg_ros.ros.typestore import (
     CAMERA_INFO,
     COMPRESSED_IMAGE,

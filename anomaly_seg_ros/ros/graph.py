@@ -20,9 +20,12 @@ from typing import Any
 
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer, WriterError
 
-from anomaly_seg_ros.bagio import BagWriter, iter_raw, list_topics
+from anomaly_seg_ros.common.errors import BagError
 from anomaly_seg_ros.ros.typestore import get_typestore
+
+_STORAGE = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 
 #: Reliable keep-last 10, like a camera driver's default publisher and ``ros2 bag play``.
 PLAYER_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
@@ -50,11 +53,12 @@ class BagPlayer:
         qos: QoSProfile = PLAYER_QOS,
     ) -> None:
         self.bag = Path(bag)
-        available = list_topics(self.bag)
+        with Reader(self.bag) as reader:
+            available = {c.topic: c.msgtype for c in reader.connections}
         self.topics = list(topics) if topics is not None else list(available)
         self._remap = dict(remap or {})
         self._publishers = {
-            topic: node.create_publisher(message_class(available[topic][0]), self._remap.get(topic, topic), qos)
+            topic: node.create_publisher(message_class(available[topic]), self._remap.get(topic, topic), qos)
             for topic in self.topics
         }
         self.published = 0
@@ -71,22 +75,29 @@ class BagPlayer:
         first_ns: int | None = None
         started = time.monotonic()
         count = 0
-        for raw in iter_raw(self.bag, self.topics):
-            if stop is not None and stop.is_set():
-                break
-            first_ns = raw.timestamp_ns if first_ns is None else first_ns
-            due = started + (raw.timestamp_ns - first_ns) / 1e9 / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                if stop is not None:
-                    if stop.wait(delay):
-                        break
-                else:
-                    time.sleep(delay)
-            self._publishers[raw.topic].publish(raw.rawdata)
-            count += 1
+        with Reader(self.bag) as reader:
+            connections = [c for c in reader.connections if c.topic in self.topics]
+            for connection, timestamp_ns, rawdata in reader.messages(connections):
+                if stop is not None and stop.is_set():
+                    break
+                first_ns = timestamp_ns if first_ns is None else first_ns
+                if self._wait(started + (timestamp_ns - first_ns) / 1e9 / rate, stop):
+                    break
+                self._publishers[connection.topic].publish(bytes(rawdata))
+                count += 1
         self.published += count
         return count
+
+    @staticmethod
+    def _wait(due: float, stop: threading.Event | None) -> bool:
+        """Sleep until the monotonic time ``due``; True when ``stop`` was set meanwhile."""
+        delay = due - time.monotonic()
+        if delay <= 0:
+            return False
+        if stop is not None:
+            return stop.wait(delay)
+        time.sleep(delay)
+        return False
 
 
 class BagRecorder:
@@ -107,13 +118,21 @@ class BagRecorder:
     ) -> None:
         self._node = node
         self._lock = threading.Lock()
-        self._writer = BagWriter(path, storage=storage, typestore=get_typestore())  # type: ignore[arg-type]
-        self._writer.__enter__()
         self.path = Path(path)
+        if self.path.exists():
+            raise BagError(f"output bag {self.path} exists already; choose a new path or remove it")
+        typestore = get_typestore()
+        self._writer = Writer(self.path, version=8, storage_plugin=_STORAGE[storage])
+        try:
+            self._writer.open()
+        except (WriterError, OSError) as error:
+            raise BagError(f"cannot create bag {self.path}: {error}") from error
         self.counts = dict.fromkeys(topics, 0)
+        self._connections = {
+            topic: self._writer.add_connection(topic, msgtype, typestore=typestore) for topic, msgtype in topics.items()
+        }
         self._subscriptions = []
         for topic, msgtype in topics.items():
-            self._writer.add_topic(topic, msgtype)
             profile = qos.get(topic, PLAYER_QOS) if isinstance(qos, Mapping) else qos
             self._subscriptions.append(
                 node.create_subscription(
@@ -130,7 +149,7 @@ class BagRecorder:
         now_ns = self._node.get_clock().now().nanoseconds
         with self._lock:
             if self._open:
-                self._writer.write_raw(topic, rawdata, now_ns)
+                self._writer.write(self._connections[topic], now_ns, rawdata)
                 self.counts[topic] += 1
 
     def close(self) -> None:
@@ -141,7 +160,7 @@ class BagRecorder:
             self._open = False
         for subscription in self._subscriptions:
             self._node.destroy_subscription(subscription)
-        self._writer.__exit__(None, None, None)
+        self._writer.close()
 
     def __enter__(self) -> BagRecorder:
         return self

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from anomaly_seg_ros.alerts import Alert
-from anomaly_seg_ros.ground import GroundModel
-from anomaly_seg_ros.perception import PerceptionResult
+from anomaly_seg_ros.core.alerts import Alert
+from anomaly_seg_ros.core.ground import GroundModel
+from anomaly_seg_ros.core.perception import PerceptionResult
 from anomaly_seg_ros.ros.conversions import array_to_image_msg
 from anomaly_seg_ros.ros.typestore import OBSTACLE_ALERT, OBSTACLE_ALERT_ARRAY
 

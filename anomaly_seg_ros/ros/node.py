@@ -41,9 +41,9 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header
 
-from anomaly_seg_ros.errors import AnomalySegError, MessageConversionError
-from anomaly_seg_ros.ground import GroundModel
-from anomaly_seg_ros.perception import Perception, PerceptionResult
+from anomaly_seg_ros.common.errors import AnomalySegError, MessageConversionError
+from anomaly_seg_ros.core.ground import GroundModel
+from anomaly_seg_ros.core.perception import Perception, PerceptionResult
 from anomaly_seg_ros.ros import messages
 from anomaly_seg_ros.ros.conversions import image_buffer, message_to_rgb
 from anomaly_seg_ros.ros.diagnostics import DIAGNOSTIC_ARRAY, DIAGNOSTIC_STATUS, KEY_VALUE, PipelineStats

@@ -1,6 +1,6 @@
 """The node's ROS parameters, derived from the one configuration schema.
 
-Every key of :class:`~anomaly_seg_ros.config.PerceptionConfig` becomes one parameter with a
+Every key of :class:`~anomaly_seg_ros.core.config.PerceptionConfig` becomes one parameter with a
 dotted name (``alerts.threshold``), the schema's default and a description taken from the
 dataclass field comments, so the node, ``anomaly-seg bag`` and the YAML files cannot drift
 apart. A few settings that only the live node has (input transport, ground geometry,
@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 import yaml
 
-from anomaly_seg_ros.config import PerceptionConfig, load_config
-from anomaly_seg_ros.errors import AnomalySegError, CheckpointError, ConfigError
+from anomaly_seg_ros.common.errors import AnomalySegError, CheckpointError, ConfigError
+from anomaly_seg_ros.core.config import PerceptionConfig, load_config
 from anomaly_seg_ros.scoring import available_scorers
 
 ParameterKind = Literal["bool", "integer", "double", "string", "integer_array", "double_array"]

@@ -7,9 +7,10 @@ from anomaly_seg_ros.scoring import odin as _odin  # noqa: F401  (registers odin
 from anomaly_seg_ros.scoring import pgu as _pgu  # noqa: F401  (registers pgu)
 from anomaly_seg_ros.scoring import sml as _sml  # noqa: F401  (registers sml)
 from anomaly_seg_ros.scoring import softmax as _softmax  # noqa: F401  (registers the scorers)
-from anomaly_seg_ros.scoring.base import Scorer, available_scorers, get_scorer, logit_scorers, register_scorer
+from anomaly_seg_ros.scoring.base import Scorer
 from anomaly_seg_ros.scoring.fitting import FittedScorer, load_fit, prepare_scorer, save_fit, score_all
 from anomaly_seg_ros.scoring.instance import instance_mean
+from anomaly_seg_ros.scoring.registry import available_scorers, get_scorer, logit_scorers, register_scorer
 
 __all__ = [
     "FittedScorer",

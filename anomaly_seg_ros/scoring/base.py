@@ -1,4 +1,4 @@
-"""The one scorer interface and its registry.
+"""The one scorer interface.
 
 A scorer maps one forward pass of the network (a ``SegmentationOutput``, or bare logits
 ``(N, C, H, W)``) to per-pixel anomaly scores ``(N, H, W)`` at the logits' resolution and on
@@ -19,10 +19,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.models.outputs import SegmentationOutput
-
-_REGISTRY: dict[str, type[Scorer]] = {}
 
 
 class Scorer:
@@ -103,48 +101,6 @@ def check_logits(logits: torch.Tensor) -> None:
         raise ValueError(f"logits must have shape (N, C, H, W) with C >= 2 classes, got {tuple(logits.shape)}")
     if not logits.is_floating_point():
         raise ValueError(f"logits must be floating point, got {logits.dtype}")
-
-
-def register_scorer(cls: type[Scorer]) -> type[Scorer]:
-    """Class decorator that makes a scorer available by its ``name``."""
-    if cls.name in _REGISTRY:
-        raise ValueError(f"scorer {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def available_scorers() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get_scorer(name: str, **params: Any) -> Scorer:
-    """Build the scorer registered as ``name`` with its keyword parameters."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown scorer {name!r}; available: {', '.join(available_scorers())}") from None
-    # ``instance: true`` works with every scorer (seed 003 eq. 7), so it is handled here.
-    instance = params.pop("instance", False)
-    try:
-        scorer = cls(**params)
-    except TypeError as error:
-        raise ConfigError(f"scorer {name!r}: bad parameters {params}: {error}") from None
-    if instance is False:
-        return scorer
-    from anomaly_seg_ros.scoring.instance import InstanceAggregated
-
-    return InstanceAggregated(scorer, instance)
-
-
-def logit_scorers() -> list[str]:
-    """Registered scorers computed from the logits alone: no features, no fit, no network."""
-    return [
-        name
-        for name, cls in sorted(_REGISTRY.items())
-        if not (
-            cls.requires_features or cls.requires_fit or cls.requires_model or cls.offline_only or cls.requires_head
-        )
-    ]
 
 
 ScoreFunction = Callable[[torch.Tensor], torch.Tensor]

@@ -25,11 +25,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.models.checkpoint import load_model
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 from anomaly_seg_ros.models.registry import model_defaults
-from anomaly_seg_ros.scoring.base import Scorer, register_scorer
+from anomaly_seg_ros.scoring.base import Scorer
+from anomaly_seg_ros.scoring.registry import register_scorer
 
 
 def entropy(log_probs: torch.Tensor, dim: int) -> torch.Tensor:

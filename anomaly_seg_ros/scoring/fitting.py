@@ -30,8 +30,8 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from anomaly_seg_ros.errors import CheckpointError, ConfigError
-from anomaly_seg_ros.fileio import atomic_write_bytes
+from anomaly_seg_ros.common.errors import CheckpointError, ConfigError
+from anomaly_seg_ros.common.fileio import atomic_write_bytes
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 from anomaly_seg_ros.scoring.base import Scorer
 

@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError
-from anomaly_seg_ros.labels import IGNORE_INDEX
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.common.labels import IGNORE_INDEX
 from anomaly_seg_ros.models.outputs import SegmentationOutput
-from anomaly_seg_ros.scoring.base import register_scorer
 from anomaly_seg_ros.scoring.fitting import Batch, FittedScorer, model_outputs
+from anomaly_seg_ros.scoring.registry import register_scorer
 from anomaly_seg_ros.scoring.sml import MaxLogitStatistics, gaussian_kernel
 
 _LOG_2PI = math.log(2 * math.pi)

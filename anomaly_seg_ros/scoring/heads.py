@@ -12,10 +12,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError
-from anomaly_seg_ros.labels import VOID_INDEX
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.common.labels import VOID_INDEX
 from anomaly_seg_ros.models.heads import head_kind
-from anomaly_seg_ros.scoring.base import Scorer, register_scorer
+from anomaly_seg_ros.scoring.base import Scorer
+from anomaly_seg_ros.scoring.registry import register_scorer
 
 #: Classes of a void-classifier model: the 19 Cityscapes trainIds and void.
 VOID_NUM_CLASSES = VOID_INDEX + 1

@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.models.outputs import SegmentationOutput
-from anomaly_seg_ros.scoring.base import Scorer, register_scorer
+from anomaly_seg_ros.scoring.base import Scorer
+from anomaly_seg_ros.scoring.registry import register_scorer
 
 
 def _patch_reduce(power: torch.Tensor, layer: nn.Module, *, maximum: bool) -> torch.Tensor:

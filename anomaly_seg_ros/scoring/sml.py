@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.models.outputs import SegmentationOutput
-from anomaly_seg_ros.scoring.base import register_scorer
 from anomaly_seg_ros.scoring.fitting import Batch, FittedScorer, model_outputs
+from anomaly_seg_ros.scoring.registry import register_scorer
 
 #: Floor of a fitted standard deviation (a class seen at one value must not divide by zero).
 MIN_STD = 1e-6

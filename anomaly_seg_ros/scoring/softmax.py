@@ -9,7 +9,8 @@ import math
 
 import torch
 
-from anomaly_seg_ros.scoring.base import Scorer, TemperatureScorer, register_scorer
+from anomaly_seg_ros.scoring.base import Scorer, TemperatureScorer
+from anomaly_seg_ros.scoring.registry import register_scorer
 
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -1,16 +1,16 @@
 """``anomaly-seg bag``: replay rosbag2 recordings through the perception pipeline into output bags and one
 evaluation report (latency, throughput, rejections, alerts and, with ground truth, pixel, component and
-detection-delay metrics; see :mod:`anomaly_seg_ros.bag_report`)."""
+detection-delay metrics; see :mod:`anomaly_seg_ros.replay.report`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from anomaly_seg_ros.bag_report import markdown_report, write_bag_report
-from anomaly_seg_ros.config import load_config
-from anomaly_seg_ros.perception import Perception
-from anomaly_seg_ros.replay import ReplayOptions, plan_outputs, replay_bags
+from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.perception import Perception
+from anomaly_seg_ros.replay.report import markdown_report, write_bag_report
+from anomaly_seg_ros.replay.runner import ReplayOptions, plan_outputs, replay_bags
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

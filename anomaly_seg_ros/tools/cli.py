@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from anomaly_seg_ros.errors import AnomalySegError
+from anomaly_seg_ros.common.errors import AnomalySegError
 
 SUBCOMMANDS: tuple[str, ...] = (
     "synth",

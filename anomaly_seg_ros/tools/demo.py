@@ -17,18 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_seg_ros.config import load_config
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.common.labels import class_names
+from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.perception import Perception, PerceptionResult
 from anomaly_seg_ros.data import camera_intrinsics
 from anomaly_seg_ros.data.datasets import AnomalyDataset, CityscapesDataset
 from anomaly_seg_ros.data.layout import generate_datasets, road_obstacle_scene, split_seed, write_anomaly_set
 from anomaly_seg_ros.data.synthetic import render_scene
-from anomaly_seg_ros.data.synthetic_bag import write_sequence_bag
-from anomaly_seg_ros.errors import ConfigError
-from anomaly_seg_ros.evaluation import evaluate_scorers, evaluate_segmentation
-from anomaly_seg_ros.labels import class_names
-from anomaly_seg_ros.perception import Perception, PerceptionResult
-from anomaly_seg_ros.replay import ReplayOptions, replay_bag
-from anomaly_seg_ros.report import anomaly_ratio, markdown_summary, plot_pr_curve, save_rgb, write_report
+from anomaly_seg_ros.evaluation.grid import evaluate_scorers, evaluate_segmentation
+from anomaly_seg_ros.evaluation.plots import plot_pr_curve
+from anomaly_seg_ros.metrics.ood import anomaly_ratio
+from anomaly_seg_ros.replay.runner import ReplayOptions, replay_bag
+from anomaly_seg_ros.replay.summary import markdown_summary, save_rgb, write_report
+from anomaly_seg_ros.replay.synthetic_bag import write_sequence_bag
 from anomaly_seg_ros.scoring import logit_scorers
 from anomaly_seg_ros.training import BEST_CHECKPOINT, load_train_config, train
 

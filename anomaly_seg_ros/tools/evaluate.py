@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from anomaly_seg_ros.evaluation import GridOptions, parse_dataset_spec, parse_scorer_spec, run_grid
-from anomaly_seg_ros.report import grid_markdown
+from anomaly_seg_ros.evaluation.grid import GridOptions, parse_dataset_spec, parse_scorer_spec, run_grid
+from anomaly_seg_ros.evaluation.tables import grid_markdown
 
 DEFAULT_SCORERS = ("msp", "maxlogit", "maxentropy", "energy")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from anomaly_seg_ros.config import load_config
+from anomaly_seg_ros.core.config import load_config
 from anomaly_seg_ros.inference.backends import BackendRequest, select_backend
 from anomaly_seg_ros.inference.engine_cache import EngineCache, make_key
 from anomaly_seg_ros.models import load_model, model_defaults

@@ -15,8 +15,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.data.datasets import CityscapesDataset
-from anomaly_seg_ros.errors import ConfigError
 from anomaly_seg_ros.inference.preprocess import frame_to_tensor, normalize_images, resize_labels
 from anomaly_seg_ros.models import load_model, model_defaults
 from anomaly_seg_ros.scoring import get_scorer

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from anomaly_seg_ros.data.layout import generate_datasets
-from anomaly_seg_ros.data.synthetic_bag import write_sequence_bag
+from anomaly_seg_ros.replay.synthetic_bag import write_sequence_bag
 
 
 def _count(text: str) -> int:

@@ -29,8 +29,8 @@ from anomaly_seg_ros.training.loop import (
     cityscapes_miou,
     evaluate_miou,
     predict_batches,
-    train,
 )
+from anomaly_seg_ros.training.run import train
 from anomaly_seg_ros.training.temperature import calibrate_checkpoint
 
 __all__ = [

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from anomaly_seg_ros.config import _build, parse_override, read_yaml_mapping
-from anomaly_seg_ros.errors import ConfigError
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.core.config import _build, parse_override, read_yaml_mapping
 
 
 def _default_losses() -> list[dict[str, Any]]:

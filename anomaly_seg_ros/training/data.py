@@ -9,12 +9,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.common.labels import IGNORE_INDEX
 from anomaly_seg_ros.data.augment import Augmentation, sample_generator
 from anomaly_seg_ros.data.datasets import CityscapesDataset
-from anomaly_seg_ros.errors import ConfigError
-from anomaly_seg_ros.labels import IGNORE_INDEX
 from anomaly_seg_ros.training.config import TrainConfig
 from anomaly_seg_ros.training.distributed import DistContext
+from anomaly_seg_ros.training.iu_masks import read_iu_mask
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,6 @@ class SegmentationSamples(Dataset):
         labels_t = torch.from_numpy(np.ascontiguousarray(labels))
         generator = sample_generator(self.seed, self.epoch, index)
         if self.iu_masks:
-            from anomaly_seg_ros.training.instance_uncertainty import read_iu_mask
-
             iu = torch.from_numpy(read_iu_mask(self.iu_masks, self.items, index, labels.shape))
             image_t, labels_t, iu = self.augmentation(image_t, labels_t, generator, iu)
             return image_t, labels_t.long(), iu

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from anomaly_seg_ros.common.errors import CheckpointError, ConfigError
+from anomaly_seg_ros.common.labels import IGNORE_INDEX, class_names
 from anomaly_seg_ros.data.datasets import CityscapesDataset
-from anomaly_seg_ros.errors import CheckpointError, ConfigError, DatasetError
 from anomaly_seg_ros.inference.preprocess import normalize_images
-from anomaly_seg_ros.labels import IGNORE_INDEX, class_names
 from anomaly_seg_ros.losses import build_criterion, ensemble_entropy, instance_uncertainty, iu_pixel_weights
 from anomaly_seg_ros.models import build_model, load_model, model_defaults, save_checkpoint
 from anomaly_seg_ros.training.config import TrainConfig
@@ -49,6 +49,7 @@ from anomaly_seg_ros.training.data import (
     validation_samples,
 )
 from anomaly_seg_ros.training.distributed import DistContext, _device
+from anomaly_seg_ros.training.iu_masks import iu_mask_path
 from anomaly_seg_ros.training.logs import RunLogger
 from anomaly_seg_ros.training.loop import (
     BEST_CHECKPOINT,
@@ -62,36 +63,6 @@ from anomaly_seg_ros.training.loop import (
 )
 
 log = logging.getLogger(__name__)
-
-IU_SUFFIX = "_iu.npy"
-_IMAGE_SUFFIX = "_leftImg8bit.png"
-
-
-def iu_mask_path(masks: str | os.PathLike[str], dataset: CityscapesDataset, index: int) -> Path:
-    """Where the IU map of ``dataset``'s image ``index`` lives under ``masks``."""
-    relative = dataset.image_paths[index].relative_to(dataset.root / "leftImg8bit")
-    return Path(masks) / relative.parent / relative.name.replace(_IMAGE_SUFFIX, IU_SUFFIX)
-
-
-def read_iu_mask(masks: str | os.PathLike[str], dataset: CityscapesDataset, index: int, shape: tuple[int, int]):
-    """The stored IU map of image ``index`` as float32, checked against the label ``shape``."""
-    path = iu_mask_path(masks, dataset, index)
-    if not path.is_file():
-        raise DatasetError(
-            f"instance-uncertainty mask {path} is missing; write the masks with "
-            f"`anomaly-seg iu-masks --members CKPT CKPT CKPT --data {dataset.root} --split {dataset.split} "
-            f"--out {masks}`"
-        )
-    try:
-        values = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise DatasetError(f"instance-uncertainty mask {path} is not a readable .npy file: {error}") from None
-    if values.shape != tuple(shape) or not np.issubdtype(values.dtype, np.floating):
-        raise DatasetError(
-            f"instance-uncertainty mask {path}: expected a float map of the label's shape {tuple(shape)}, "
-            f"got {values.dtype} {values.shape}"
-        )
-    return values.astype(np.float32)
 
 
 def _member_logits(members: Sequence[tuple[nn.Module, dict]], images: torch.Tensor) -> list[torch.Tensor]:

@@ -30,10 +30,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from anomaly_seg_ros.config import _to_plain
-from anomaly_seg_ros.errors import CheckpointError, ConfigError
+from anomaly_seg_ros.common.errors import CheckpointError, ConfigError
+from anomaly_seg_ros.common.labels import IGNORE_INDEX, NUM_CITYSCAPES_CLASSES, TRAIN_ID, class_names
+from anomaly_seg_ros.core.config import _to_plain
 from anomaly_seg_ros.inference.preprocess import normalize_images
-from anomaly_seg_ros.labels import IGNORE_INDEX, NUM_CITYSCAPES_CLASSES, TRAIN_ID, class_names
 from anomaly_seg_ros.losses import build_criterion, iu_pixel_weights
 from anomaly_seg_ros.metrics import ConfusionMatrix
 from anomaly_seg_ros.models import build_model, load_weights, model_defaults, save_checkpoint
@@ -274,25 +274,16 @@ def calibrate_scorers(
 # -- the run -------------------------------------------------------------------------------
 
 
-def train(
+def train_single(
     config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> list[EpochResult]:
-    """Train ``config.model`` with ``config.losses``; write checkpoints and logs to ``out_dir``.
+    """Train one network, ``config.model`` with ``config.losses``; write checkpoints and logs to ``out_dir``.
 
     Writes ``best.safetensors`` / ``last.safetensors`` (weights + metadata), ``trainer_state.pt``
     (optimizer, scheduler, grad scaler, RNG states, class weights: what ``resume`` restores),
     ``history.json``, ``log.csv`` and TensorBoard events. Under ``torchrun`` every process calls
-    this; ``batch_size`` is the global batch. Returns the per-epoch history (on every rank); a
-    ``iu_mode: cotrain`` run returns nothing here and writes each member's history instead
-    (:func:`~anomaly_seg_ros.training.instance_uncertainty.train_cotrained`).
+    this; ``batch_size`` is the global batch. Returns the per-epoch history (on every rank).
     """
-    if config.iu_mode == "cotrain":
-        from anomaly_seg_ros.training.instance_uncertainty import train_cotrained
-
-        if resume:
-            raise ConfigError("train.iu_mode: cotrain runs cannot be resumed; fine-tune a member checkpoint instead")
-        train_cotrained(config, out_dir, progress=progress)
-        return []
     context = setup_distributed(config.device)
     try:
         return _train(config, Path(out_dir), context, resume=resume, progress=progress)

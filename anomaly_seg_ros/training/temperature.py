@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from anomaly_seg_ros.errors import ConfigError, DatasetError
+from anomaly_seg_ros.common.errors import ConfigError, DatasetError
 from anomaly_seg_ros.inference.preprocess import normalize_images
 from anomaly_seg_ros.metrics.calibration import (
     PixelReservoir,

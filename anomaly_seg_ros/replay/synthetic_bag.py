@@ -13,8 +13,8 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from anomaly_seg_ros.bagio import BagWriter
 from anomaly_seg_ros.data.synthetic import camera_intrinsics, render_sequence
+from anomaly_seg_ros.replay.bagio import BagWriter
 from anomaly_seg_ros.ros.conversions import array_to_image_msg, camera_info_msg, make_header
 from anomaly_seg_ros.ros.typestore import get_typestore
 

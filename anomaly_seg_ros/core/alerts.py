@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from anomaly_seg_ros.config import AlertConfig
+from anomaly_seg_ros.core.config import AlertConfig
 
 BBox = tuple[int, int, int, int]  # x, y, width, height in pixels of the source frame
 

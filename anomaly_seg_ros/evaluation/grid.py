@@ -22,9 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +33,20 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from anomaly_seg_ros.config import load_config
+from anomaly_seg_ros.common.errors import AnomalySegError, ConfigError, DatasetError
+from anomaly_seg_ros.common.labels import IGNORE_INDEX, class_names
+from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.data.datasets import AnomalyDataset, CityscapesDataset
-from anomaly_seg_ros.errors import AnomalySegError, ConfigError, DatasetError
+from anomaly_seg_ros.evaluation.state import (
+    load_streaming_metrics,
+    save_examples,
+    save_streaming_metrics,
+    write_atomically,
+    write_json,
+)
 from anomaly_seg_ros.inference.preprocess import resize_labels, resize_scores
-from anomaly_seg_ros.labels import IGNORE_INDEX, class_names
 from anomaly_seg_ros.metrics import ConfusionMatrix, StreamingOODMetrics
-from anomaly_seg_ros.perception import Perception
 from anomaly_seg_ros.scoring import Scorer, get_scorer
 
 #: Version of the cell files; a cell written by another version is recomputed.
@@ -369,73 +374,6 @@ def _checkpoint_fingerprint(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-# -- persistence of the streaming state ------------------------------------------------------
-
-
-def save_streaming_metrics(path: Path, metrics: StreamingOODMetrics) -> None:
-    """Write the whole state of ``metrics`` to ``path`` (.npz): buffered pixels or histograms.
-
-    Reads the accumulator's private fields: StreamingOODMetrics has no public state API, and
-    the round trip is tested (test_evaluate.py) so a change there fails loudly.
-    """
-    arrays: dict[str, np.ndarray] = {
-        "config": np.array([metrics.num_bins, metrics.buffer_size], dtype=np.int64),
-        "margin": np.array(metrics.margin),
-        "out_of_range": np.array(metrics.out_of_range, dtype=np.int64),
-    }
-    if metrics.exact:
-        buffer = metrics._buffer
-        arrays["scores"] = np.concatenate([s for s, _ in buffer]) if buffer else np.zeros(0, np.float32)
-        arrays["positive"] = np.concatenate([p for _, p in buffer]) if buffer else np.zeros(0, bool)
-    else:
-        arrays["range"] = np.array(metrics.score_range, dtype=np.float64)
-        arrays["hist"] = metrics._hist
-    _atomic_write(path, lambda handle: np.savez(handle, **arrays))
-
-
-def load_streaming_metrics(path: Path) -> StreamingOODMetrics:
-    """The accumulator saved by :func:`save_streaming_metrics`."""
-    with np.load(path) as data:
-        num_bins, buffer_size = (int(v) for v in data["config"])
-        metrics = StreamingOODMetrics(num_bins=num_bins, buffer_size=buffer_size, margin=float(data["margin"]))
-        if "hist" in data:
-            metrics._fix_range(*data["range"])
-            metrics._hist[:] = data["hist"]
-            metrics._out_of_range = [int(v) for v in data["out_of_range"]]
-        elif data["scores"].size:
-            metrics.update(data["scores"], data["positive"].astype(np.uint8))
-    return metrics
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, document: Any) -> None:
-    _atomic_write(
-        path, lambda handle: handle.write((json.dumps(document, indent=2, default=_json_default) + "\n").encode())
-    )
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray | tuple):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
 def _clean(value: Any) -> Any:
     """NaN -> None, recursively, so results.json is valid JSON."""
     if isinstance(value, float) and math.isnan(value):
@@ -615,22 +553,6 @@ def _load_cell(folder: Path, identity: Mapping[str, Any]) -> dict[str, Any] | No
     return cell
 
 
-def _save_examples(path: Path, examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    arrays = {}
-    for index, (image, truth, scores) in enumerate(examples):
-        arrays |= {f"image_{index}": image, f"truth_{index}": truth, f"scores_{index}": scores}
-    _atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
-
-
-def load_examples(path: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The example frames of a cell: ``[(image, ground truth, scores of the cell's first scorer)]``."""
-    if not path.is_file():
-        return []
-    with np.load(path) as data:
-        count = sum(1 for name in data.files if name.startswith("image_"))
-        return [(data[f"image_{i}"], data[f"truth_{i}"], data[f"scores_{i}"]) for i in range(count)]
-
-
 def _prepare_scorer(scorer: Scorer, perception: Perception, checkpoint: Path) -> None:
     """Bind ``scorer`` to the network and, if it needs one, load its fit stored next to ``checkpoint``
     (``anomaly_seg_ros.scoring.fitting``; without that module only binding is possible)."""
@@ -663,7 +585,7 @@ def _anomaly_cell(
     if not missing:
         if not _cell_components(perception, checkpoint, spec, scorers, options, folder, cell, log):
             log.append(f"reused {folder}")
-        _write_json(folder / "cell.json", cell)
+        write_json(folder / "cell.json", cell)
         return folder, cell
     built: dict[str, Scorer] = {}
     for key in missing:
@@ -696,12 +618,12 @@ def _anomaly_cell(
                 entry |= {"state": file, "summary": _clean(result.metrics[key].summary(options.tpr))}
             cell["scorers"][key] = entry
         if result.examples:
-            _save_examples(folder / "examples.npz", result.examples)
+            save_examples(folder / "examples.npz", result.examples)
             cell["examples_of"] = next(iter(built))
         cell["num_images"] = result.num_images
         log.append(f"computed {folder}: {len(built)} scorers over {result.num_images} images")
     _cell_components(perception, checkpoint, spec, scorers, options, folder, cell, log)
-    _write_json(folder / "cell.json", cell)
+    write_json(folder / "cell.json", cell)
     return folder, cell
 
 
@@ -766,7 +688,7 @@ def _segmentation_cell(perception: Perception, checkpoint: Path, options: GridOp
     except ImportError:
         calibration = {}
     confusion = evaluate_segmentation(perception, dataset, progress=options.progress, calibration=calibration)
-    _atomic_write(folder / "confusion.npy", lambda handle: np.save(handle, confusion.matrix))
+    write_atomically(folder / "confusion.npy", lambda handle: np.save(handle, confusion.matrix))
     names = class_names(confusion.num_classes)
     cell = identity | {
         "num_images": len(dataset),
@@ -777,7 +699,7 @@ def _segmentation_cell(perception: Perception, checkpoint: Path, options: GridOp
         "ece": {f"{temperature:g}": histogram.value() for temperature, histogram in calibration.items()},
     }
     cell = _clean(cell)
-    _write_json(folder / "cell.json", cell)
+    write_json(folder / "cell.json", cell)
     log.append(f"computed {folder}")
     return cell
 
@@ -789,7 +711,7 @@ def run_grid(options: GridOptions) -> dict[str, Any]:
     ``table.csv`` (seed 000 Tables 1-4 layout) and, unless ``options.plots`` is False, the PR,
     ROC, histogram and example plots under ``plots/``. Returns the results document.
     """
-    from anomaly_seg_ros import plots, report
+    from anomaly_seg_ros.evaluation import plots, tables
 
     if not options.checkpoints or not options.scorers:
         raise ConfigError("evaluate: give at least one --checkpoint and one --scorer")
@@ -847,9 +769,9 @@ def run_grid(options: GridOptions) -> dict[str, Any]:
         "rows": rows,
         "log": log,
     }
-    _write_json(options.out / "results.json", _clean(results))
-    report.write_grid_tables(options.out, results)
+    write_json(options.out / "results.json", _clean(results))
+    tables.write_grid_tables(options.out, results)
     if options.plots:
         results["plots"] = plots.write_grid_plots(options.out, results, folders)
-        _write_json(options.out / "results.json", _clean(results))
+        write_json(options.out / "results.json", _clean(results))
     return results

@@ -22,10 +22,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 
-from anomaly_seg_ros.evaluation import load_examples, load_streaming_metrics  # noqa: E402
-from anomaly_seg_ros.labels import ANOMALY, IN_DISTRIBUTION  # noqa: E402
+from anomaly_seg_ros.common.labels import ANOMALY, IN_DISTRIBUTION  # noqa: E402
+from anomaly_seg_ros.core.visualization import heatmap, overlay  # noqa: E402
+from anomaly_seg_ros.evaluation.state import load_examples, load_streaming_metrics  # noqa: E402
 from anomaly_seg_ros.metrics import StreamingOODMetrics  # noqa: E402
-from anomaly_seg_ros.visualization import heatmap, overlay  # noqa: E402
 
 #: Most points drawn per curve; a 4 M-pixel exact curve is thinned to this many.
 MAX_CURVE_POINTS = 4000
@@ -196,3 +196,25 @@ def write_grid_plots(out: Path, results: dict[str, Any], folders: dict[tuple[str
         plot_examples(path, examples, title)
         written["examples"].append(str(path.relative_to(out)))
     return written
+
+
+def plot_pr_curve(path: Path, curves: dict[str, tuple[np.ndarray, ...]], positive_ratio: float) -> None:
+    """Precision-recall curves ``(precision, recall, ...)``, one line per method, chance level drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 4), dpi=120)
+    for label, (precision, recall, *_) in curves.items():
+        axes.plot(recall, precision, label=label)
+    axes.axhline(positive_ratio, color="grey", linestyle="--", label=f"chance ({positive_ratio:.3f})")
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.02)
+    axes.set_title("Anomaly pixels: precision-recall")
+    axes.legend(loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

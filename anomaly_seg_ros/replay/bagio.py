@@ -24,7 +24,7 @@ from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterEr
 from rosbags.serde import SerdeError
 from rosbags.typesys.store import Typestore
 
-from anomaly_seg_ros.errors import BagError
+from anomaly_seg_ros.common.errors import BagError
 from anomaly_seg_ros.ros.typestore import get_typestore
 
 if TYPE_CHECKING:

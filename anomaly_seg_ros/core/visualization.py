@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from anomaly_seg_ros.alerts import Alert
-from anomaly_seg_ros.labels import colorize
+from anomaly_seg_ros.common.labels import colorize
+from anomaly_seg_ros.core.alerts import Alert
 
 __all__ = ["colorize", "heatmap", "overlay"]
 

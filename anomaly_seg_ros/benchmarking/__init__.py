@@ -1,0 +1,1 @@
+"""Speed measurements of the pipeline: the logic behind ``anomaly-seg benchmark`` and ``benchmarks/``."""
