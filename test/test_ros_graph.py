@@ -26,7 +26,7 @@ if REASON:
     pytest.skip(REASON, allow_module_level=True)
 
 from anomaly_seg_msgs.msg import ObstacleAlertArray  # noqa: E402
-from anomaly_seg_ros.data.synthetic_bag import SequenceTopics, write_sequence_bag  # noqa: E402
+from anomaly_seg_ros.replay.synthetic_bag import SequenceTopics, write_sequence_bag  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import ParameterType  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -583,8 +583,10 @@ def test_overload_keeps_latency_bounded_and_counts_drops(graph, fast_node):
     ]
     received_out = len(set(stamps))
     assert 0 < received_out < count, "at 3x the processing rate some frames must be dropped"
-    # Bounded: about one processing time plus one wait, however long the overload lasts.
-    bound = 4 * processing_s + 0.25
+    # Bounded: about one processing time plus one wait, however long the overload lasts. A FIFO
+    # would end ~(2/3 x 150) processing times late; the margin absorbs a shared, loaded machine.
+    bound = 6 * processing_s + 1.0
+    assert bound < (2 / 3) * count * processing_s / 2
     assert max(latencies) < bound, (max(latencies), processing_s)
     assert np.mean(latencies[-10:]) < bound
     time.sleep(0.6)
@@ -605,18 +607,18 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_soak_of_thousands_of_frames_keeps_memory_flat(graph, fast_node):
+def test_soak_of_2000_frames_keeps_memory_flat(graph, fast_node):
     node, outputs = fast_node
     outputs.destroy()  # nobody listens to the outputs: the node's own memory, not the probe's
     publisher = graph.node.create_publisher(Image, TOPICS.image, 10)
     graph.wait_for(lambda: publisher.get_subscription_count() > 0, 10, "the node to match")
     samples = []
     msg = _frame_msg(48, 96, 0)
-    for index in range(3000):
+    for index in range(2000):
         msg.header.stamp.sec = 10000 + index
         publisher.publish(msg)
         time.sleep(0.004)
-        if index % 300 == 299:
+        if index % 200 == 199:
             samples.append(_rss_kb(node.proc.pid))
     graph.node.destroy_publisher(publisher)
     warm = samples[2:]  # after warm-up (allocator pools, first frames)
