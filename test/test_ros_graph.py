@@ -26,7 +26,6 @@ if REASON:
     pytest.skip(REASON, allow_module_level=True)
 
 from anomaly_seg_msgs.msg import ObstacleAlertArray  # noqa: E402
-from anomaly_seg_ros.replay.synthetic_bag import SequenceTopics, write_sequence_bag  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import ParameterType  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -41,6 +40,7 @@ from anomaly_seg_ros.data.synthetic import camera_intrinsics  # noqa: E402
 from anomaly_seg_ros.models import build_model, save_checkpoint  # noqa: E402
 from anomaly_seg_ros.replay import ReplayOptions, replay_bag  # noqa: E402
 from anomaly_seg_ros.replay.bagio import iter_messages  # noqa: E402
+from anomaly_seg_ros.replay.synthetic_bag import SequenceTopics, write_sequence_bag  # noqa: E402
 from anomaly_seg_ros.ros import messages  # noqa: E402
 from anomaly_seg_ros.ros.conversions import image_to_array, message_to_rgb  # noqa: E402
 from anomaly_seg_ros.ros.graph import BagPlayer  # noqa: E402
