@@ -346,3 +346,23 @@ def startup_error_message(error: AnomalySegError) -> str:
     if isinstance(error, CheckpointError):
         return f"cannot start: parameter model.weights: {error}"
     return f"cannot start: parameter {error}"
+
+
+def parameters_from_config(config: PerceptionConfig) -> dict[str, Any]:
+    """ROS parameter values of a configuration (for a parameter file); unset values are left out.
+
+    The inverse of :func:`config_from_parameters`: the node started with these values runs
+    exactly ``config``, which is how the demo starts the node with a perception YAML.
+    """
+    values: dict[str, Any] = {}
+    for spec in parameter_specs():
+        if not spec.config_key:
+            continue
+        section, key = spec.name.split(".", 1)
+        value = _encode_default(getattr(getattr(config, section), key), spec.kind, spec.encoding)
+        if (spec.kind.endswith("_array") and len(value) == 0) or (
+            spec.encoding == "optional_double" and math.isnan(value)
+        ):
+            continue
+        values[spec.name] = value
+    return values
