@@ -66,7 +66,7 @@ fix_wheel_cmake_exports() {
 build_messages() {
   local prefix build=build/anomaly_seg_msgs
   prefix=$(cd "$VENV" && pwd)
-  rm -rf "$build"
+  rm -rf "$build" && mkdir -p "$(dirname "$build")"
   AMENT_PREFIX_PATH="$prefix" cmake -S msg -B "$build" -DCMAKE_PREFIX_PATH="$prefix" \
     -DCMAKE_INSTALL_PREFIX="$prefix" -DPython3_EXECUTABLE="$prefix/bin/python" -DBUILD_TESTING=OFF \
     >"$build.log" 2>&1 &&
