@@ -58,6 +58,8 @@ ENCODINGS = {
 }
 #: Subscriptions of the probe: reliable matches the node's reliable publishers.
 PROBE_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+#: The fast node's camera topic: apart from the demo-model node, which runs for the whole module.
+FAST_IMAGE = "/fast/image_raw"
 BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
@@ -95,6 +97,8 @@ class Outputs:
 
     def __init__(self, graph: RosGraph, namespace: str = NODE) -> None:
         self.graph = graph
+        #: Several nodes share /diagnostics: only this node's status counts.
+        self.status_name = f"{namespace.strip('/')}: pipeline"
         self.lock = threading.Lock()
         self.msgs: dict[str, list] = {name: [] for name in messages.OUTPUT_TYPES}
         self.arrivals: dict[str, list[float]] = {name: [] for name in messages.OUTPUT_TYPES}
@@ -133,7 +137,7 @@ class Outputs:
                 if arrived < after:
                     break
                 for status in array_msg.status:
-                    if status.name.endswith(": pipeline"):
+                    if status.name == self.status_name:
                         return {kv.key: kv.value for kv in status.values} | {"message": status.message}
         return {}
 
@@ -156,19 +160,18 @@ def _count(status: dict[str, str], key: str) -> int:
     return int(status.get(key, "0"))
 
 
-def _start(graph: RosGraph, tmp: Path, name: str, parameters: dict, remaps: dict | None = None) -> NodeProcess:
+def _start(
+    graph: RosGraph, tmp: Path, name: str, parameters: dict, remaps: dict | None = None, node_name: str | None = None
+) -> NodeProcess:
     """Start the node and wait until its image subscription is on the graph."""
     remaps = {
         "image": TOPICS.image,
         "image/compressed": f"{TOPICS.image}/compressed",
         "camera_info": TOPICS.camera_info,
     } | (remaps or {})
-    node = NodeProcess(node_args(parameters, remaps), tmp / f"{name}.log")
-    topic = (
-        remaps.get("image/compressed", f"{TOPICS.image}/compressed")
-        if parameters.get("input.compressed")
-        else TOPICS.image
-    )
+    args = node_args(parameters, remaps) + (["-r", f"__node:={node_name}"] if node_name else [])
+    node = NodeProcess(args, tmp / f"{name}.log")
+    topic = remaps["image/compressed"] if parameters.get("input.compressed") else remaps["image"]
     graph.wait_for(
         lambda: graph.node.count_subscribers(topic) > 0 or node.proc.poll() is not None,
         45,
@@ -397,8 +400,9 @@ def test_compressed_input_and_corrupt_jpeg(graph, assets):
         assets["root"],
         "compressed",
         {"model.weights": str(assets["random_weights"]), "input.compressed": True, "diagnostics.period_s": 0.2},
+        node_name="compressed_seg",
     )
-    outputs = Outputs(graph)
+    outputs = Outputs(graph, "/compressed_seg")
     publisher = graph.node.create_publisher(CompressedImage, f"{TOPICS.image}/compressed", 10)
     try:
         graph.wait_for(lambda: publisher.get_subscription_count() > 0, 10, "the node to match")
@@ -507,8 +511,10 @@ def fast_node(graph, assets):
         assets["root"],
         "fast",
         {"model.weights": str(assets["random_weights"]), "diagnostics.period_s": 0.2, "input.use_camera_info": False},
+        remaps={"image": FAST_IMAGE},
+        node_name="fast_seg",
     )
-    outputs = Outputs(graph)
+    outputs = Outputs(graph, "/fast_seg")
     yield node, outputs
     outputs.destroy()
     _assert_clean_exit(node, signal.SIGINT)
@@ -534,7 +540,7 @@ def test_full_size_frames_arrive_on_default_fast_dds(graph, fast_node):
     best-effort publisher is refused with a hint naming the QoS override."""
     node, outputs = fast_node
     before = outputs.wait_status(lambda s: "frames received" in s, 10, "diagnostics")
-    publisher = graph.node.create_publisher(Image, TOPICS.image, 10)
+    publisher = graph.node.create_publisher(Image, FAST_IMAGE, 10)
     graph.wait_for(lambda: publisher.get_subscription_count() > 0, 10, "the node to match")
     time.sleep(0.3)
     for index in range(20):
@@ -548,14 +554,14 @@ def test_full_size_frames_arrive_on_default_fast_dds(graph, fast_node):
         raise AssertionError(f"{error}: {before} -> {outputs.status()}") from None
     assert _count(status, "frames received") - _count(before, "frames received") == 20
     graph.node.destroy_publisher(publisher)
-    best_effort = graph.node.create_publisher(Image, TOPICS.image, BEST_EFFORT)
+    best_effort = graph.node.create_publisher(Image, FAST_IMAGE, BEST_EFFORT)
     node.wait_output("subscription.reliability:=best_effort", timeout=20)
     graph.node.destroy_publisher(best_effort)
 
 
 def test_overload_keeps_latency_bounded_and_counts_drops(graph, fast_node):
     node, outputs = fast_node
-    publisher = graph.node.create_publisher(Image, TOPICS.image, 10)
+    publisher = graph.node.create_publisher(Image, FAST_IMAGE, 10)
     graph.wait_for(lambda: publisher.get_subscription_count() > 0, 10, "the node to match")
     time.sleep(0.3)
     # The node's processing time, measured on this machine now.
@@ -622,7 +628,7 @@ def _rss_kb(pid: int) -> int:
 def test_soak_of_2000_frames_keeps_memory_flat(graph, fast_node):
     node, outputs = fast_node
     outputs.destroy()  # nobody listens to the outputs: the node's own memory, not the probe's
-    publisher = graph.node.create_publisher(Image, TOPICS.image, 10)
+    publisher = graph.node.create_publisher(Image, FAST_IMAGE, 10)
     graph.wait_for(lambda: publisher.get_subscription_count() > 0, 10, "the node to match")
     samples = []
     msg = _frame_msg(48, 96, 0)
@@ -636,4 +642,4 @@ def test_soak_of_2000_frames_keeps_memory_flat(graph, fast_node):
     warm = samples[2:]  # after warm-up (allocator pools, first frames)
     growth_mb = (max(warm) - warm[0]) / 1024
     assert growth_mb < 8.0, f"RSS samples (kB): {samples}"
-    outputs.__init__(graph)  # resubscribe for the fixture's teardown
+    outputs.__init__(graph, "/fast_seg")  # resubscribe for the fixture's teardown
