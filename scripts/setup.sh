@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install anomaly_seg_ros with its test tools, then ROS 2 (see below).
+# Create .venv and install anomaly_seg_ros with its test tools (and Ray), then ROS 2 (see below).
 # Idempotent and quiet on re-runs (stamps in .venv).
 #
 # torch is installed first and on its own, so that a machine without an NVIDIA GPU gets the
@@ -42,7 +42,8 @@ install_python_package() {
       pip_install "torch==${TORCH_VERSION}+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
     fi
   fi
-  pip_install -e ".[test]"
+  # the ray extra too: the test suite starts a local Ray cluster (test/test_parallel_replay.py)
+  pip_install -e ".[test,ray]"
   touch "$STAMP"
 }
 
