@@ -32,6 +32,7 @@ from anomaly_seg_ros.replay.runner import ReplayOptions, replay_bag
 from anomaly_seg_ros.replay.summary import markdown_summary, save_rgb, write_report
 from anomaly_seg_ros.replay.synthetic_bag import write_sequence_bag
 from anomaly_seg_ros.scoring import logit_scorers
+from anomaly_seg_ros.tools.demo_live import markdown, run_live
 from anomaly_seg_ros.training import BEST_CHECKPOINT, load_train_config, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,6 +67,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, default=120, help="frames in the synthetic bag (default: %(default)s)")
     parser.add_argument("--eval-images", type=int, default=40, help="held-out images per set (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-live", action="store_true", help="skip the live ROS 2 graph (player -> anomaly_seg_node -> recorder)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -150,6 +154,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"[3/5] synthetic driving bag: {bag_dir}")
 
     step = time.perf_counter()
+    camera = camera_intrinsics(BAG_SEED, height=512, width=1024)
+    live = None if args.no_live else run_live(bag_dir, out, config, camera_height_m=camera.mount_height)
+    if live is not None:
+        timings["live ROS 2 graph"] = time.perf_counter() - step
+        print(f"[live] recorded the node's outputs: {live['recording']}")
+
+    step = time.perf_counter()
     overlay_dir = report_dir / "overlays"
     overlay_dir.mkdir(parents=True, exist_ok=True)
     picks = set(np.linspace(0, args.frames - 1, OVERLAYS).round().astype(int).tolist())
@@ -158,7 +169,6 @@ def run(args: argparse.Namespace) -> int:
         if index in picks and result.overlay is not None and result.color is not None:
             save_rgb(overlay_dir / f"frame_{index:04d}.png", np.concatenate([result.overlay, result.color], axis=0))
 
-    camera = camera_intrinsics(BAG_SEED, height=512, width=1024)
     options = ReplayOptions(camera_height_m=camera.mount_height)
     report = replay_bag(bag_dir, replay_dir, perception, options, on_frame=save_overlay, progress=progress)
     timings["replay"] = time.perf_counter() - step
@@ -177,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
     _write_evaluation(report_dir, confusion, per_scorer)
     print(markdown_summary(summary, extra))
     print((report_dir / "evaluation.md").read_text(), end="")
+    if live is not None:
+        (report_dir / "live.md").write_text(markdown(live))
+        (report_dir / "live.json").write_text(json.dumps(live, indent=2, default=str) + "\n")
+        print(markdown(live), end="")
     print(f"[5/5] report in {report_dir}")
     return 0
 
