@@ -177,3 +177,24 @@ def test_flow_fit_needs_labels_and_parameters_are_checked():
         get_scorer("flowenedet").train_flow(torch.randn(50, 2), everything_right, torch.Generator().manual_seed(0))
     with pytest.raises(ConfigError, match="anomaly-seg fit-scorer flowenedet"):
         get_scorer("flowenedet")(torch.zeros(1, 19, 4, 4))
+
+
+def test_ignore_pixels_count_as_misclassified_as_in_the_authors_code():
+    torch.manual_seed(0)
+    model = build_model("erfnet", num_classes=19).eval()
+    images = [torch.rand(1, 3, 16, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    batches = []
+    for image in images:
+        with torch.no_grad():
+            labels = model(image).argmax(dim=1)  # every labelled pixel correctly classified
+        labels[:, :4] = 255  # a quarter of each image unlabelled (the ego hood of the synthetic scenes)
+        batches.append((image, labels))
+    scorer = get_scorer("flowenedet", max_steps=2, eval_every=1, batch_pixels=64, max_pixels=5000)
+    scorer.fit(model, batches)
+    training_rows = torch.ones(2 * 16 * 32, dtype=torch.bool)
+    training_rows[scorer.heldout_rows] = False
+    # the misclassified pixels are exactly the ignore pixels: 1/4 of all, among the training rows too
+    assert scorer.quality.observed_rate == pytest.approx(0.25, abs=0.03)
+    assert scorer.quality.train_pixels == int(training_rows.sum()) == 819
+    with pytest.raises(ConfigError, match="held-out pixels are correctly classified"):
+        get_scorer("flowenedet", ignore_as_miss=False, max_steps=2, max_pixels=5000).fit(model, batches)
