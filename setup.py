@@ -40,7 +40,11 @@ setup(
         "tensorboard>=2.10",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7", "scikit-learn>=1.3", "ruff>=0.4"]},
+    extras_require={
+        "test": ["pytest>=7", "scikit-learn>=1.3", "ruff>=0.4"],
+        # `anomaly-seg bag --ray ADDRESS`: the driver and every node of the cluster need the same release
+        "ray": ["ray==2.60.0"],
+    },
     tests_require=["pytest"],
     zip_safe=True,
     entry_points={

@@ -16,54 +16,37 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-from anomaly_seg_ros.ros.cameras import camera_streams
+from anomaly_seg_ros.ros.cameras import PARAMETER_ARGUMENTS, pipeline_nodes
 
 PACKAGE = "anomaly_seg_ros"
 
-#: Launch argument -> node parameter, applied only when the argument is not empty.
-PARAMETER_ARGUMENTS = {
-    "model_name": "model.name",
-    "weights": "model.weights",
-    "scorer": "scorer.name",
-    "backend": "model.backend",
-    "device": "model.device",
-}
-
-_TRUE = ("true", "1", "yes", "on")
+ARGUMENTS = (
+    "camera_topic",
+    "compressed",
+    "camera_info_topic",
+    "namespace",
+    "cameras",
+    "params_file",
+    *PARAMETER_ARGUMENTS,
+    "use_sim_time",
+)
 
 
 def _pipeline(context: LaunchContext) -> list[Node]:
-    """The node, with overrides built from the arguments' values at launch time."""
-
-    def value(name: str) -> str:
-        return LaunchConfiguration(name).perform(context).strip()
-
-    overrides: dict[str, object] = {"input.compressed": value("compressed").lower() in _TRUE}
-    overrides.update({parameter: value(arg) for arg, parameter in PARAMETER_ARGUMENTS.items() if value(arg)})
-    parameters: list[object] = [value("params_file")] if value("params_file") else []
-    parameters += [overrides, {"use_sim_time": value("use_sim_time").lower() in _TRUE}]
-    streams = camera_streams(
-        value("cameras"),
-        image_topic=value("camera_topic"),
-        camera_info_topic=value("camera_info_topic"),
-        namespace=value("namespace"),
-    )
+    """The nodes, with parameters and remappings built from the arguments' values at launch time."""
+    values = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     return [
         Node(
             package=PACKAGE,
             executable="anomaly_seg_node",
-            name="anomaly_seg_node",
-            namespace=stream.namespace,
-            parameters=parameters,
-            remappings=[
-                ("image", stream.image_topic),
-                ("image/compressed", f"{stream.image_topic}/compressed"),
-                ("camera_info", stream.camera_info_topic),
-            ],
+            name=node.name,
+            namespace=node.namespace,
+            parameters=node.parameters,
+            remappings=node.remappings,
             output="screen",
             emulate_tty=True,
         )
-        for stream in streams
+        for node in pipeline_nodes(values)
     ]
 
 
@@ -101,7 +84,7 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "scorer",
                 default_value="",
-                description="scorer.name (msp, maxlogit, maxentropy, energy); empty = params_file's",
+                description="scorer.name (a scorer of anomaly_seg_ros.scoring, see README); empty = params_file's",
             ),
             DeclareLaunchArgument(
                 "backend", default_value="", description="model.backend (eager, compile); empty = params_file's"

@@ -12,7 +12,7 @@ from anomaly_seg_ros.common.errors import BagError
 from anomaly_seg_ros.metrics.components import ComponentMetrics
 from anomaly_seg_ros.replay.bagio import BagWriter, iter_messages
 from anomaly_seg_ros.replay.report import write_bag_report
-from anomaly_seg_ros.replay.runner import plan_outputs, replay_bag, replay_bags
+from anomaly_seg_ros.replay.runner import match_rule, plan_outputs, replay_bag, replay_bags
 from anomaly_seg_ros.replay.stats import bag_duration_s, latency_stats, missing_frames, simulate_latest_slot
 from anomaly_seg_ros.replay.synthetic_bag import START_NS, SequenceTopics, write_sequence_bag
 from anomaly_seg_ros.ros.conversions import array_to_image_msg, make_header, stamp_to_ns
@@ -133,6 +133,11 @@ def test_single_bag_report_matches_frames_and_output_bag(tmp_path):
     assert markdown.startswith("# Bag replay report")
     for heading in ("## Latency per frame", "## Alert tracks", "## Pixel metrics", "## Ground-truth obstacles"):
         assert heading in markdown
+    # the report states how alerts were matched to obstacles and what the minimum alert area excludes
+    assert f"Matching rule: {match_rule(0.5)}" in markdown and bag["match_rule"] == match_rule(0.5)
+    assert "Detection range: an alert needs a component of at least min_area_px" in markdown
+    shown = sum(item["frames"] for item in bag["obstacles"])
+    assert f"of {shown} obstacle-frames were smaller" in markdown and shown > 0
     assert json.loads((folder / "metrics.json").read_text())["processed"] == frames
 
 

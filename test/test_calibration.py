@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anomaly_seg_ros.common.errors import ConfigError
-from anomaly_seg_ros.core.config import load_config
+from anomaly_seg_ros.core.config import AlertConfig, load_config
 from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.data.layout import generate_datasets
 from anomaly_seg_ros.inference.preprocess import normalize_images
@@ -24,6 +24,7 @@ from anomaly_seg_ros.models import build_model, load_model, read_metadata, save_
 from anomaly_seg_ros.scoring.softmax import MaxSoftmax
 from anomaly_seg_ros.tools import cli
 from anomaly_seg_ros.training import SegmentationSamples
+from anomaly_seg_ros.training.loop import calibration_region
 
 # Four pixels, two classes (float64 so that 0.8 sits exactly on the bin edge 4/5):
 #   conf 0.90 correct -> bin (0.8, 1.0]   |1 - 0.9|                  weight 1/4
@@ -176,11 +177,29 @@ def test_calibrate_command_stores_the_fitted_temperature_and_keeps_the_rest(over
     assert figures["pixels"] == int((labels != 255).sum()) and figures["nll_after"] <= figures["nll_before"]
     assert figures["ece_after"] < figures["ece_before"]
 
-    # The msp alert threshold is measured again at the new temperature, at the same road FPR.
-    road_scores = MaxSoftmax.score(logits, temperature=after["temperature"])[labels == 0].numpy()
-    expected = float(np.quantile(road_scores, 1.0 - 0.05))
+    # The msp alert threshold is measured again at the new temperature, at the same FPR, inside the
+    # default perception config's alert region (the checkpoint records none: an older checkpoint).
+    region = calibration_region(labels, logits.argmax(dim=1), AlertConfig())
+    region_scores = MaxSoftmax.score(logits, temperature=after["temperature"])[region].numpy()
+    expected = float(np.quantile(region_scores, 1.0 - 0.05))
     assert after["calibration"]["msp"]["threshold"] == pytest.approx(expected, abs=1e-5)
-    assert after["calibration"]["msp"]["road_fpr"] == 0.05
+    assert after["calibration"]["msp"]["fpr"] == 0.05
+    assert after["calibration"]["msp"]["region"]["config"] == "default perception config"
+
+    # --config names the deployment: its region is used and recorded
+    demo = tmp_path / "demo.yaml"
+    demo.write_text("alerts:\n  roi: polygon\n  roi_polygon: [[0, 0], [1, 0], [1, 0.5], [0, 0.5]]\n")
+    again = tmp_path / "again.safetensors"
+    argv = ["calibrate", "--checkpoint", str(out), "--data", str(data), "--output", str(again), "--config", str(demo)]
+    assert cli.main(argv) == 0
+    recorded = read_metadata(again)["calibration"]["msp"]
+    assert recorded["region"]["roi"] == "polygon" and recorded["region"]["config"] == str(demo)
+    top = torch.zeros_like(labels, dtype=torch.bool)
+    top[:, : round(0.5 * (labels.shape[1] - 1)) + 1] = True  # polygon rows 0 .. 0.5 * (H - 1)
+    inside = top & (labels < 19)
+    at = read_metadata(again)["temperature"]
+    expected = float(np.quantile(MaxSoftmax.score(logits, temperature=at)[inside].numpy(), 1.0 - 0.05))
+    assert recorded["threshold"] == pytest.approx(expected, abs=1e-5)
 
 
 def test_calibrate_rejects_bad_arguments(overconfident_checkpoint, tmp_path, capsys):

@@ -279,9 +279,16 @@ def test_message_definitions_come_from_the_checkout():
     assert get_typestore() is TS
 
 
-def test_message_definitions_fall_back_to_share_then_fail(tmp_path, monkeypatch):
+def _outside_checkout(tmp_path, monkeypatch) -> None:
+    """As if the package were installed (no checkout beside it) into an empty prefix."""
     monkeypatch.setattr(typestore_module, "__file__", str(tmp_path / "site/pkg/ros/typestore.py"))
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+
+
+def test_message_definitions_fall_back_to_share_then_fail(tmp_path, monkeypatch):
+    _outside_checkout(tmp_path, monkeypatch)
+    # An empty ament index, whether or not ament_index_python is installed or a workspace sourced.
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "no_workspace"))
     with pytest.raises(FileNotFoundError) as info:
         message_definition_dir()
     assert str(tmp_path / "site/msg/msg") in str(info.value)
@@ -289,6 +296,32 @@ def test_message_definitions_fall_back_to_share_then_fail(tmp_path, monkeypatch)
     share = tmp_path / "prefix/share/anomaly_seg_ros/msg"
     share.mkdir(parents=True)
     (share / "ObstacleAlert.msg").write_text("uint32 track_id\n")
+    assert message_definition_dir() == share
+
+
+@pytest.mark.parametrize("ament", ["not_installed", "no_workspace_sourced"])
+def test_message_definitions_without_a_ros_workspace(tmp_path, monkeypatch, ament):
+    """No ament_index_python, or one without AMENT_PREFIX_PATH (the pip wheels): a clear miss, not OSError."""
+    if ament == "not_installed":
+        monkeypatch.setitem(sys.modules, "ament_index_python.packages", None)  # import raises ImportError
+    monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)
+    assert message_definition_dir() == typestore_module.Path(conv.__file__).resolve().parents[2] / "msg" / "msg"
+    _outside_checkout(tmp_path, monkeypatch)
+    with pytest.raises(FileNotFoundError, match="cannot find the anomaly_seg_msgs message definitions"):
+        message_definition_dir()
+
+
+def test_message_definitions_from_a_sourced_workspace(tmp_path, monkeypatch):
+    """The ament index of a sourced workspace (colcon install) is the last place looked in."""
+    pytest.importorskip("ament_index_python", reason="ament_index_python is not installed (no ROS 2)")
+    _outside_checkout(tmp_path, monkeypatch)
+    workspace = tmp_path / "install"
+    (workspace / "share/ament_index/resource_index/packages").mkdir(parents=True)
+    (workspace / "share/ament_index/resource_index/packages/anomaly_seg_msgs").write_text("")
+    share = workspace / "share/anomaly_seg_msgs/msg"
+    share.mkdir(parents=True)
+    (share / "ObstacleAlert.msg").write_text("uint32 track_id\n")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(workspace))
     assert message_definition_dir() == share
 
 

@@ -13,6 +13,7 @@ from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.models import build_model, load_model, save_checkpoint
 from anomaly_seg_ros.scoring import get_scorer, load_fit, prepare_scorer, save_fit, score_all
 from anomaly_seg_ros.scoring.fitting import fit_path, read_fit_metadata
+from anomaly_seg_ros.scoring.flow import FitQuality
 from anomaly_seg_ros.tools import fit_scorer
 
 
@@ -111,15 +112,30 @@ def _cli(argv):
 def test_fit_scorer_command_writes_a_fit_the_perception_core_loads(tmp_path, checkpoint, capsys):
     _write_cityscapes(tmp_path / "city")
     argv = ["fit-scorer", "flowenedet", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "city")]
-    argv += ["--max-images", "2", "--no-progress", "--set", "steps=10", "--set", "max_pixels=300"]
-    assert _cli(argv) == 0
-    assert "erfnet.flowenedet.safetensors" in capsys.readouterr().out
+    argv += ["--max-images", "2", "--no-progress", "--set", "max_steps=10", "--set", "max_pixels=300"]
+    assert _cli([*argv, "--allow-worse"]) == 0  # random labels: the flow may rank worse than its input
+    printed = capsys.readouterr().out
+    assert "erfnet.flowenedet.safetensors" in printed and "fit quality of 'flowenedet': prior p(miss)" in printed
     meta = read_fit_metadata(fit_path(checkpoint, "flowenedet"))
-    assert meta["params"]["steps"] == 10 and meta["images"] == 2 and meta["split"] == "train"
+    assert meta["params"]["max_steps"] == 10 and meta["images"] == 2 and meta["split"] == "train"
+    quality = meta["quality"]
+    # max_pixels=300 of the 2 x 16 x 32 pixels, 20 % of them held out; random labels of 19 classes
+    assert quality["train_pixels"] == 240 and quality["heldout_pixels"] == 60
+    assert quality["observed_rate"] == pytest.approx(18 / 19, abs=0.05)
+    assert quality["worse_than_input"] == (quality["auroc_flow"] < quality["auroc_input"])
     with pytest.raises(ConfigError, match="needs no fit"):
         _cli(["fit-scorer", "maxlogit", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "city")])
     with pytest.raises(ConfigError, match="PARAM=VALUE"):
         _cli(["fit-scorer", "sml", "--checkpoint", str(checkpoint), "--data", "x", "--set", "steps"])
+
+
+def test_a_flow_fit_worse_than_its_input_is_refused_with_the_figures():
+    worse = FitQuality(0.07, 0.075, -3.2, 0.55, 0.695, 400, 400, False, 8000, 2000)
+    with pytest.raises(ConfigError, match=r"not saving it: .* AUROC 55.00 % for the flow's posterior < 69.50 %"):
+        fit_scorer.check_fit_quality("flowenedet", worse)
+    fit_scorer.check_fit_quality("flowenedet", worse, allow_worse=True)  # kept on request, with a warning
+    better = FitQuality(0.075, 0.075, -3.2, 0.72, 0.695, 4000, 3500, True, 8000, 2000)
+    fit_scorer.check_fit_quality("flowenedet", better)
 
 
 def test_runtime_switching_keeps_the_model_and_loads_fits(tmp_path, checkpoint):

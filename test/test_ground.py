@@ -97,3 +97,15 @@ def test_alert_msg_without_geometry_or_above_horizon_stays_invalid():
         msg = alert_msg(typestore, _alert((640, 100)), ground)
         assert not msg.position_valid
         assert msg.distance_m == 0.0 and msg.ground_position.z == 0.0
+
+
+def test_range_for_area_is_where_a_square_obstacle_shrinks_to_the_minimum_pixel_count():
+    model = GroundModel(fx=1000.0, fy=800.0, cx=500.0, cy=300.0, height_m=1.5)
+    side = math.sqrt(0.5)  # a 0.5 m^2 square facing the camera
+    depth = model.range_for_area(0.5, 100)
+    # by the pinhole projection: (fx side / z) * (fy side / z) pixels at depth z
+    assert (model.fx * side / depth) * (model.fy * side / depth) == pytest.approx(100.0)
+    assert depth == pytest.approx(math.sqrt(1000.0 * 800.0 * 0.5 / 100))
+    assert model.range_for_area(0.5, 400) == pytest.approx(depth / 2)  # 4x the pixels: half the range
+    with pytest.raises(ValueError, match="must be positive"):
+        model.range_for_area(0.0, 100)

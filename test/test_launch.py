@@ -55,16 +55,11 @@ def test_demo_launch_arguments_are_passed_to_the_pipeline():
 
 
 def test_launch_parameter_overrides_exist():
-    tree = ast.parse((LAUNCH / "pipeline.launch.py").read_text(encoding="utf-8"))
-    (mapping,) = (
-        node.value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PARAMETER_ARGUMENTS"
-    )
-    mapping = ast.literal_eval(mapping)
+    from anomaly_seg_ros.ros.cameras import PARAMETER_ARGUMENTS
+
     names = {spec.name for spec in parameter_specs()}
-    assert set(mapping.values()) <= names
-    assert set(mapping) <= set(_declared_arguments(LAUNCH / "pipeline.launch.py"))
+    assert set(PARAMETER_ARGUMENTS.values()) <= names
+    assert set(PARAMETER_ARGUMENTS) <= set(_declared_arguments(LAUNCH / "pipeline.launch.py"))
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

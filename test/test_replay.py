@@ -1,10 +1,13 @@
 """Bag replay: a hand-built rosbag2 through the pipeline into an output bag, read back with rosbags."""
 
+import math
+
 import numpy as np
 import pytest
 
 from anomaly_seg_ros.common.errors import BagError
 from anomaly_seg_ros.replay.bagio import BagWriter, iter_messages, list_topics
+from anomaly_seg_ros.replay.report import detection_section
 from anomaly_seg_ros.replay.runner import ReplayOptions, find_topics, replay_bag
 from anomaly_seg_ros.ros.conversions import (
     array_to_image_msg,
@@ -168,3 +171,11 @@ def test_flat_ground_distances_from_camera_info(tmp_path):
     [obstacle] = report.summary()["obstacles"]
     assert obstacle["first_distance_m"] == pytest.approx(flat_ground_distance(128, 111), rel=1e-6)
     assert obstacle["distance_at_alert_m"] == pytest.approx(alerts[0].distance_m, rel=1e-5)
+    # the range min_area_px = 10 allows at this camera: (100 side / z)^2 = 10 for a 0.5 m^2 square
+    summary = report.summary()
+    assert summary["min_area_px"] == 10
+    assert summary["range_at_min_area_m"]["0.5"] == pytest.approx(100 * math.sqrt(0.5) / math.sqrt(10))
+    assert obstacle["frames"] == summary["gt_frames"] and obstacle["frames_below_min_area"] == 0
+    assert obstacle["farthest_alertable_distance_m"] == pytest.approx(obstacle["first_distance_m"])
+    lines = "\n".join(detection_section(summary["obstacles"], summary, with_bag=False))
+    assert f"an obstacle of 0.5 m² frontal area reaches it up to {100 * math.sqrt(0.05):.0f} m" in lines

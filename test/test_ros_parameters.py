@@ -150,3 +150,37 @@ def test_startup_errors_name_the_parameter(tmp_path):
     assert messages[0].startswith("cannot start: parameter model.weights:")
     assert messages[1].startswith("cannot start: parameter model.weights:") and "missing.safetensors" in messages[1]
     assert messages[2].startswith("cannot start: parameter model.device:")
+
+
+def test_scorer_name_description_lists_every_registered_scorer():
+    """The description names every scorer of the registry, not a hand-kept subset (it listed 4 of 12)."""
+    from anomaly_seg_ros.scoring import available_scorers
+
+    spec = specs_by_name()["scorer.name"]
+    listed = spec.additional_constraints.removeprefix("one of: ").split(", ")
+    assert listed == available_scorers()
+    known = {"energy", "ensemble_entropy", "ensemble_mi", "flowenedet", "isomax", "maxentropy"}
+    known |= {"maxlogit", "msp", "odin", "pgu", "sml", "void"}
+    assert known <= set(listed)
+    assert all(name in spec.description for name in known)
+
+
+def test_parameters_from_config_round_trip():
+    """A config -> parameter values -> config gives the same config (how the demo starts the node)."""
+    from anomaly_seg_ros.ros.parameters import parameters_from_config
+
+    config = load_config(
+        None,
+        [
+            "alerts.threshold=0.25",
+            "alerts.roi_polygon=[[0.0, 0.0], [1.0, 0.0], [1.0, 0.8]]",
+            "scorer.name=msp",
+            "scorer.params={temperature: 2.0}",
+            "model.input_size=[64, 128]",
+        ],
+    )
+    values = parameters_from_config(config)
+    assert values["alerts.roi_polygon"] == [0.0, 0.0, 1.0, 0.0, 1.0, 0.8]
+    assert values["alerts.threshold"] == 0.25 and values["model.input_size"] == [64, 128]
+    assert config_from_parameters(values) == config
+    assert "render.heatmap_range" not in values  # unset stays unset

@@ -129,7 +129,7 @@ def test_every_scorer_smoke_shape_finite_device(smoke_setup, name):
     model, output, fit_batches, member = smoke_setup
     params = {"members": [member]} if name.startswith("ensemble") else {}
     if name == "flowenedet":
-        params = {"steps": 5, "batch_pixels": 64, "max_pixels": 200}
+        params = {"max_steps": 5, "batch_pixels": 64, "max_pixels": 200}
     scorer = get_scorer(name, **params)
     scorer.bind(model)
     if scorer.requires_fit:

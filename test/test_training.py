@@ -105,11 +105,13 @@ def test_short_training_improves_validation_miou(dataset, tmp_path):
     assert [entry["val_miou"] for entry in saved] == pytest.approx([item.val_miou for item in history])
 
 
-def test_calibrated_threshold_puts_the_road_false_positive_rate_where_asked(dataset, tmp_path):
+def test_calibrated_threshold_puts_the_false_positive_rate_inside_the_alert_region_where_asked(dataset, tmp_path):
     config = _config(dataset, epochs=1, calibration_road_fpr=0.05)
     train(config, tmp_path / "run", progress=False)
+    from anomaly_seg_ros.core.config import AlertConfig
     from anomaly_seg_ros.models import load_model
     from anomaly_seg_ros.scoring import get_scorer
+    from anomaly_seg_ros.training.loop import calibration_region
 
     model, metadata = load_model(tmp_path / "run" / BEST_CHECKPOINT)
     val = val_loader(validation_samples(config), config, DistContext())
@@ -117,10 +119,16 @@ def test_calibrated_threshold_puts_the_road_false_positive_rate_where_asked(data
     with torch.inference_mode():
         for images, labels in val:
             logits = model(images.float() / 255.0)
-            scores.append(get_scorer("maxlogit")(logits)[labels == 0].numpy())
+            # the default deployment's region: the predicted drivable area (test_threshold_region.py
+            # checks that region on a hand-made frame)
+            region = calibration_region(labels, logits.argmax(dim=1), AlertConfig())
+            scores.append(get_scorer("maxlogit")(logits)[region].numpy())
     scores = np.concatenate(scores)
-    above = float((scores > metadata["calibration"]["maxlogit"]["threshold"]).mean())
+    entry = metadata["calibration"]["maxlogit"]
+    above = float((scores > entry["threshold"]).mean())
     assert above == pytest.approx(0.05, abs=0.01)
+    assert entry["fpr"] == 0.05 and entry["region"]["roi"] == "drivable"
+    assert entry["region"]["pixel_count"] == scores.size
 
 
 def test_resume_reproduces_the_uninterrupted_run(small, tmp_path):
@@ -220,6 +228,12 @@ def test_training_config_from_yaml_and_set_overrides(tmp_path):
         load_train_config(path, sets=["scale_range=[2.0, 1.0]"])
     with pytest.raises(ConfigError, match=r"train.device"):
         load_train_config(path, sets=["device=gpu"])
+    # the deployment config of the threshold calibration: relative to the file that names it
+    (tmp_path / "deploy.yaml").write_text("alerts:\n  roi: none\n")
+    (tmp_path / "with_alerts.yaml").write_text("data: /data\nalerts_config: deploy.yaml\n")
+    assert load_train_config(tmp_path / "with_alerts.yaml").alerts_config == str(tmp_path / "deploy.yaml")
+    with pytest.raises(ConfigError, match=r"train.alerts_config: expected null or an existing perception config"):
+        load_train_config(path, sets=["alerts_config=missing.yaml"])
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("train_*.yaml")), ids=lambda path: path.stem)

@@ -84,3 +84,14 @@ class GroundModel:
         points = rays * scale[:, None]
         distance = np.sqrt(np.maximum(np.einsum("ij,ij->i", points, points) - self.height_m**2, 0.0))
         return GroundEstimate(points=points, distance_m=distance, valid=valid)
+
+    def range_for_area(self, frontal_area_m2: float, min_area_px: float) -> float:
+        """Distance (m) beyond which an object of ``frontal_area_m2`` covers fewer than ``min_area_px`` pixels.
+
+        A fronto-parallel patch of area ``A`` at depth ``z`` covers ``fx fy A / z^2`` pixels,
+        so it reaches ``min_area_px`` up to ``z = sqrt(fx fy A / min_area_px)``: the detection
+        range an alert's minimum area implies, whatever the scores.
+        """
+        if not (frontal_area_m2 > 0 and min_area_px > 0):
+            raise ValueError(f"area and minimum pixel count must be positive, got {frontal_area_m2}, {min_area_px}")
+        return math.sqrt(self.fx * self.fy * frontal_area_m2 / min_area_px)

@@ -123,6 +123,15 @@ class ReplayReport:
     pixel_metrics: dict[str, float] | None = None
     component_metrics: dict[str, Any] | None = None
     obstacles: list[dict[str, Any]] = field(default_factory=list)
+    #: The rule that matched alerts to ground-truth obstacles (``runner.match_rule``), and what it left over.
+    match_rule: str | None = None
+    false_alerts: int = 0
+    false_alert_tracks: int = 0
+    #: The alerts' smallest component (frame pixels): obstacles smaller than this cannot alert.
+    min_area_px: int | None = None
+    #: With camera geometry: frontal area (m^2, as text) -> the distance up to which such an obstacle
+    #: covers min_area_px frame pixels (``GroundModel.range_for_area``).
+    range_at_min_area_m: dict[str, float] | None = None
     #: (precision, recall, thresholds) of the pooled ground-truth pixels, for plotting.
     pr_curve: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     #: This bag's accumulators (for the aggregated report of a single bag).
@@ -195,6 +204,11 @@ class ReplayReport:
             "pixel_metrics": self.pixel_metrics,
             "component_metrics": self.component_metrics,
             "obstacles": self.obstacles,
+            "match_rule": self.match_rule,
+            "false_alerts": self.false_alerts,
+            "false_alert_tracks": self.false_alert_tracks,
+            "min_area_px": self.min_area_px,
+            "range_at_min_area_m": self.range_at_min_area_m,
             **delay_stats(self.obstacles),
         }
 

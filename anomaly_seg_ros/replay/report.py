@@ -119,6 +119,13 @@ def aggregate(
         "gt_frames": sum(s["gt_frames"] for s in summaries),
         "pixel_metrics": pixel_summary(pixel_metrics),
         "component_metrics": component_summary(component_metrics),
+        "match_rule": next((s["match_rule"] for s in summaries if s.get("match_rule")), None),
+        "false_alerts": sum(s.get("false_alerts", 0) for s in summaries),
+        "false_alert_tracks": sum(s.get("false_alert_tracks", 0) for s in summaries),
+        "min_area_px": next((s["min_area_px"] for s in summaries if s.get("min_area_px") is not None), None),
+        "range_at_min_area_m": next(
+            (s["range_at_min_area_m"] for s in summaries if s.get("range_at_min_area_m")), None
+        ),
         **delay_stats(obstacles),
     }
     return total
@@ -129,10 +136,13 @@ def build_document(
     *,
     pixel_metrics: StreamingOODMetrics | None = None,
     component_metrics: Any = None,
+    failures: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
     """The whole report: ``{"bags": [per-bag summary with its frames], "total": aggregate(...)}``.
 
     With one bag and no pooled accumulators given, the bag's own accumulators are the pooled ones.
+    ``failures`` (``{"bag", "output", "error"}`` of bags whose replay failed in a parallel run)
+    are listed as ``"failed_bags"`` and counted in the totals.
     """
     if not reports:
         raise ValueError("no replay reports: expected at least one replayed bag")
@@ -144,6 +154,9 @@ def build_document(
         summary["frame_rows"] = [record.row() for record in report.frame_records]
         bags.append(summary)
     total = aggregate(reports, pixel_metrics=pixel_metrics, component_metrics=component_metrics)
+    if failures:
+        total["failed_bags"] = len(failures)
+        return {"bags": bags, "total": total, "failed_bags": [dict(failure) for failure in failures]}
     return {"bags": bags, "total": total}
 
 
@@ -187,6 +200,8 @@ def markdown_report(document: dict[str, Any], *, plots: bool = True) -> str:
     for bag in bags:
         if bag.get("last_rejection"):
             lines.append(f"- last rejection in {bag['name']}: {bag['last_rejection']}")
+    for failure in document.get("failed_bags", ()):
+        lines.append(f"- FAILED bag {failure['bag']} (not in the totals): {failure['error']}")
 
     if len(bags) > 1:
         lines += [
@@ -257,32 +272,63 @@ def markdown_report(document: dict[str, Any], *, plots: bool = True) -> str:
         ]
 
     obstacles = [item | {"bag": bag["name"]} for bag in bags for item in bag["obstacles"]]
-    if obstacles:
-        delays = total["detection_delay_s"]
-        lines += [
-            "",
-            f"## Ground-truth obstacles: {total['obstacles_detected']} detected, {total['obstacles_missed']} missed",
-            "",
-        ]
-        if delays:
-            lines += [
-                f"Detection delay (first appearance to first alert): mean {delays['mean']:.2f} s, "
-                f"median {delays['median']:.2f} s, max {delays['max']:.2f} s.",
-                "",
-            ]
-        lines += [
-            "| bag | obstacle | first seen (frame) | distance then (m) | detected | delay (s) | delay (frames) "
-            "| distance at alert (m) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for item in obstacles:
-            lines.append(
-                f"| {item['bag']} | {item['track_id']} | {item['first_seen_frame']} "
-                f"| {_fmt(item['first_distance_m'], 1)} | {'yes' if item['detected'] else 'MISSED'} "
-                f"| {_fmt(item['delay_s'])} | {item['delay_frames'] if item['detected'] else '–'} "
-                f"| {_fmt(item['distance_at_alert_m'], 1)} |"
-            )
+    lines += detection_section(obstacles, total, with_bag=True)
     return "\n".join(lines) + "\n"
+
+
+def detection_section(obstacles: Sequence[dict[str, Any]], total: dict[str, Any], *, with_bag: bool) -> list[str]:
+    """Markdown lines on the ground-truth obstacles: the matching rule, detections, first alert
+    distances, false alerts, and the detection range the minimum alert area allows."""
+    if not obstacles:
+        return []
+    lines = [
+        "",
+        f"## Ground-truth obstacles: {total['obstacles_detected']} detected, {total['obstacles_missed']} missed",
+        "",
+        f"Matching rule: {total.get('match_rule') or 'not recorded'}. False alerts: {total.get('false_alerts', 0)} "
+        f"(in {total.get('false_alert_tracks', 0)} alert tracks that never matched an obstacle).",
+        "",
+    ]
+    delays = total["detection_delay_s"]
+    if delays:
+        lines += [
+            f"Detection delay (first appearance to first matched alert): mean {delays['mean']:.2f} s, "
+            f"median {delays['median']:.2f} s, max {delays['max']:.2f} s.",
+            "",
+        ]
+    min_area = total.get("min_area_px")
+    frames = sum(item.get("frames", 0) for item in obstacles)
+    below = sum(item.get("frames_below_min_area", 0) for item in obstacles)
+    if min_area is not None and frames:
+        reach = [item["farthest_alertable_distance_m"] for item in obstacles]
+        reach = [value for value in reach if value is not None]
+        farthest = f"; the farthest an obstacle here was at least that large: {max(reach):.1f} m" if reach else ""
+        ranges = total.get("range_at_min_area_m") or {}
+        implied = "; ".join(
+            f"an obstacle of {area} m² frontal area reaches it up to {value:.0f} m" for area, value in ranges.items()
+        )
+        lines += [
+            f"Detection range: an alert needs a component of at least min_area_px = {min_area} frame pixels; "
+            f"{below} of {frames} obstacle-frames were smaller and could not alert whatever their scores{farthest}."
+            + (f" At this camera (flat ground, pinhole), {implied}." if implied else ""),
+            "",
+        ]
+    bag_head, bag_rule = ("| bag ", "| --- ") if with_bag else ("", "")
+    lines += [
+        f"{bag_head}| obstacle | first seen (frame) | distance then (m) | detected | delay (s) | delay (frames) "
+        "| first alert distance (m) | best alert IoU | frames below min area | farthest alertable (m) |",
+        f"{bag_rule}| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for item in obstacles:
+        bag = f"| {item['bag']} " if with_bag else ""
+        lines.append(
+            f"{bag}| {item['track_id']} | {item['first_seen_frame']} | {_fmt(item['first_distance_m'], 1)} "
+            f"| {'yes' if item['detected'] else 'MISSED'} | {_fmt(item['delay_s'])} "
+            f"| {item['delay_frames'] if item['detected'] else '–'} | {_fmt(item['distance_at_alert_m'], 1)} "
+            f"| {_fmt(item.get('best_alert_iou'))} | {item.get('frames_below_min_area', 0)} / {item.get('frames', 0)} "
+            f"| {_fmt(item.get('farthest_alertable_distance_m'), 1)} |"
+        )
+    return lines
 
 
 def _bag_row(row: dict[str, Any]) -> str:
@@ -329,7 +375,8 @@ TRACK_COLUMNS = (
 )  # fmt: skip
 OBSTACLE_COLUMNS = (
     "bag", "track_id", "first_seen_s", "first_seen_frame", "first_area_px", "first_distance_m", "detected",
-    "delay_s", "delay_frames", "area_at_alert_px", "distance_at_alert_m",
+    "delay_s", "delay_frames", "area_at_alert_px", "distance_at_alert_m", "best_alert_iou", "frames",
+    "frames_below_min_area", "farthest_alertable_distance_m",
 )  # fmt: skip
 
 
@@ -370,6 +417,7 @@ def write_bag_report(
     pixel_metrics: StreamingOODMetrics | None = None,
     component_metrics: Any = None,
     plots: bool = True,
+    failures: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
     """Write the report folder of one or several replays; returns the JSON document.
 
@@ -379,7 +427,9 @@ def write_bag_report(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    document = build_document(reports, pixel_metrics=pixel_metrics, component_metrics=component_metrics)
+    document = build_document(
+        reports, pixel_metrics=pixel_metrics, component_metrics=component_metrics, failures=failures
+    )
     (folder / "report.json").write_text(json.dumps(document, indent=1, default=_json_default) + "\n")
     compact = (
         {k: v for k, v in document["bags"][0].items() if k != "frame_rows"} if len(reports) == 1 else document["total"]

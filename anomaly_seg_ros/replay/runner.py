@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from anomaly_seg_ros.common.errors import AnomalySegError, BagError, MessageConversionError
-from anomaly_seg_ros.core.alerts import Alert, bbox_iou
+from anomaly_seg_ros.core.alerts import Alert, BBox, bbox_iou
 from anomaly_seg_ros.core.ground import GroundModel
 from anomaly_seg_ros.core.perception import Perception, PerceptionResult
 from anomaly_seg_ros.metrics import StreamingOODMetrics
@@ -49,6 +49,9 @@ IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 #: A topic whose last name component is this carries the anomaly ground truth (mono8 0/1/255).
 GT_TOPIC_SUFFIX = "anomaly_gt"
+#: Frontal areas (m^2) of reference obstacles whose range at the minimum alert area is reported
+#: (0.5 m^2: a 0.7 m cube, a tyre on its side; 0.2 m^2: a small box).
+REFERENCE_FRONTAL_AREAS_M2 = (0.2, 0.5)
 #: Results kept while waiting for a ground-truth message with the same stamp.
 MAX_PENDING_GT = 64
 
@@ -61,9 +64,11 @@ class ReplayOptions:
     #: Output topics are ``{namespace}/semantic_mask`` etc., the node's private topics.
     namespace: str = "/anomaly_seg_node"
     copy_input: bool = True
-    #: A ground-truth obstacle counts as detected once this fraction of its pixels lies inside
-    #: an alert's box and above the alert threshold (a pixel-level hit, not a box overlap).
-    detection_overlap: float = 0.1
+    #: A ground-truth obstacle counts as detected in a frame when an alert's box overlaps the
+    #: obstacle's ground-truth box with at least this IoU; each alert matches one obstacle at
+    #: most and each obstacle one alert (greedy, highest IoU first); every other alert of a frame
+    #: with ground truth is a false alert. 0.5 is the PASCAL VOC / COCO AP50 criterion.
+    match_iou: float = 0.5
     #: CameraInfo topic (default: the bag's only one). With a camera height above the road,
     #: alerts get flat-ground positions and the report gets obstacle distances.
     camera_info_topic: str | None = None
@@ -71,6 +76,9 @@ class ReplayOptions:
     camera_pitch_rad: float = 0.0
     #: SMIYC size filters of the component metrics: "obstacle" (RoadObstacle21) or "anomaly".
     component_track: Literal["obstacle", "anomaly"] = "obstacle"
+    #: Histogram range of the pooled pixel metrics of a multi-bag run once its pixels overflow the
+    #: exact buffer (default: :func:`pooled_score_range`).
+    pooled_score_range: tuple[float, float] | None = None
 
 
 @dataclass
@@ -89,11 +97,23 @@ class ObstacleTrack:
     first_alert_frame: int | None = None
     area_at_alert_px: int | None = None
     alert_point: tuple[int, int] | None = None
+    #: Frames with ground truth that show the obstacle, and those where it is smaller than the
+    #: alerts' ``min_area_px`` (it cannot raise an alert there, whatever the scores).
+    frames: int = 0
+    frames_below_min_area: int = 0
+    #: Lowest image point at the farthest sighting that was at least ``min_area_px`` large.
+    alertable_point: tuple[int, int] | None = None
+    #: Best box IoU any alert reached with the obstacle (matched or not); a near miss shows here.
+    best_alert_iou: float = 0.0
 
     def summary(self, ground: GroundModel | None = None) -> dict[str, Any]:
         """Facts of the track; distances need the camera geometry (fixed per camera)."""
         detected = self.first_alert_ns is not None
         return {
+            "frames": self.frames,
+            "frames_below_min_area": self.frames_below_min_area,
+            "farthest_alertable_distance_m": _distance(ground, self.alertable_point),
+            "best_alert_iou": self.best_alert_iou,
             "track_id": self.track_id,
             "first_seen_s": self.first_seen_ns * 1e-9,
             "first_seen_frame": self.first_seen_frame,
@@ -140,19 +160,61 @@ class _FrameOutcome:
     threshold: float
 
 
-class _GroundTruthTracker:
-    """Pairs results with ground-truth masks by stamp and follows each GT obstacle over time."""
+def match_rule(match_iou: float) -> str:
+    """The detection rule of a replay, in words, for reports."""
+    return (
+        f"an obstacle is detected in a frame when an alert box overlaps its ground-truth box with IoU >= "
+        f"{match_iou:g}; one alert per obstacle and one obstacle per alert (greedy, highest IoU first); every "
+        "other alert in a frame with ground truth is a false alert"
+    )
 
-    def __init__(self, overlap: float, components: ComponentMetrics, pooled: PooledMetrics | None = None) -> None:
+
+def match_alerts(obstacle_boxes: Sequence[BBox], alert_boxes: Sequence[BBox], min_iou: float) -> dict[int, int]:
+    """One-to-one matches ``{obstacle index: alert index}`` with box IoU >= ``min_iou``, highest IoU first."""
+    pairs = sorted(
+        (
+            (bbox_iou(obstacle, alert), o, a)
+            for o, obstacle in enumerate(obstacle_boxes)
+            for a, alert in enumerate(alert_boxes)
+        ),
+        key=lambda pair: (-pair[0], pair[1], pair[2]),
+    )
+    matches: dict[int, int] = {}
+    used: set[int] = set()
+    for iou, o, a in pairs:
+        if iou < min_iou or iou <= 0.0:
+            break
+        if o not in matches and a not in used:
+            matches[o] = a
+            used.add(a)
+    return matches
+
+
+class _GroundTruthTracker:
+    """Pairs results with ground-truth masks by stamp, follows each GT obstacle over time and
+    matches alerts to obstacles (:func:`match_alerts`)."""
+
+    def __init__(
+        self,
+        match_iou: float,
+        min_area_px: int,
+        components: ComponentMetrics,
+        pooled: PooledMetrics | None = None,
+    ) -> None:
         self.metrics = StreamingOODMetrics()
         self.components = components
         #: Accumulators shared by all bags of a run: pixels are pooled, not per-bag values averaged.
         self.pooled = pooled
-        self.overlap = overlap
+        self.match_iou = match_iou
+        self.min_area_px = min_area_px
         self.pending: OrderedDict[int, _FrameOutcome] = OrderedDict()
         self.truth: OrderedDict[int, np.ndarray] = OrderedDict()
         self.tracks: list[ObstacleTrack] = []
         self.frames = 0
+        #: Alerts in frames with ground truth that matched no obstacle, and their alert track ids.
+        self.false_alerts = 0
+        self.false_alert_ids: set[int] = set()
+        self.matched_alert_ids: set[int] = set()
 
     def add_result(self, stamp_ns: int, outcome: _FrameOutcome) -> None:
         if stamp_ns in self.truth:
@@ -191,8 +253,9 @@ class _GroundTruthTracker:
         self._follow(stamp_ns, outcome, mask)
 
     def _follow(self, stamp_ns: int, outcome: _FrameOutcome, mask: np.ndarray) -> None:
-        count, ids, stats, _ = cv2.connectedComponentsWithStats((mask == 1).astype(np.uint8), connectivity=8)
+        count, _, stats, _ = cv2.connectedComponentsWithStats((mask == 1).astype(np.uint8), connectivity=8)
         active = list(self.tracks)
+        seen: list[tuple[ObstacleTrack, int]] = []
         for index in range(1, count):
             x, y, w, h, area = (int(v) for v in stats[index])
             bbox = (x, y, w, h)
@@ -204,18 +267,33 @@ class _GroundTruthTracker:
             else:
                 active.remove(track)
             track.bbox, track.last_seen_ns = bbox, stamp_ns
-            if track.first_alert_ns is not None:
-                continue
-            for alert in outcome.alerts:
-                if self._hit(alert, outcome, ids, index, area):
-                    track.first_alert_ns, track.first_alert_frame = stamp_ns, outcome.frame_index
-                    track.area_at_alert_px, track.alert_point = area, alert.component.bottom_point
-                    break
+            track.frames += 1
+            if area < self.min_area_px:
+                track.frames_below_min_area += 1
+            elif track.alertable_point is None or y + h - 1 < track.alertable_point[1]:
+                track.alertable_point = (x + w // 2, y + h - 1)  # higher in the image = farther on flat ground
+            seen.append((track, area))
+        alert_boxes = [alert.component.bbox for alert in outcome.alerts]
+        for track, _ in seen:
+            track.best_alert_iou = max([track.best_alert_iou, *(bbox_iou(track.bbox, box) for box in alert_boxes)])
+        matches = match_alerts([track.bbox for track, _ in seen], alert_boxes, self.match_iou)
+        for o, a in matches.items():
+            track, area = seen[o]
+            alert = outcome.alerts[a]
+            self.matched_alert_ids.add(alert.track_id)
+            if track.first_alert_ns is None:
+                track.first_alert_ns, track.first_alert_frame = stamp_ns, outcome.frame_index
+                track.area_at_alert_px, track.alert_point = area, alert.component.bottom_point
+        matched = set(matches.values())
+        for a, alert in enumerate(outcome.alerts):
+            if a not in matched:
+                self.false_alerts += 1
+                self.false_alert_ids.add(alert.track_id)
 
-    def _hit(self, alert: Alert, outcome: _FrameOutcome, ids: np.ndarray, index: int, area: int) -> bool:
-        x, y, w, h = alert.component.bbox
-        window = (ids[y : y + h, x : x + w] == index) & (outcome.anomaly[y : y + h, x : x + w] > outcome.threshold)
-        return int(np.count_nonzero(window)) >= self.overlap * area
+    @property
+    def false_alert_tracks(self) -> int:
+        """Alert tracks that matched no obstacle in any frame with ground truth."""
+        return len(self.false_alert_ids - self.matched_alert_ids)
 
 
 def _distance(ground: GroundModel | None, point: tuple[int, int] | None) -> float | None:
@@ -233,6 +311,40 @@ class PooledMetrics:
     pixels: StreamingOODMetrics = field(default_factory=StreamingOODMetrics)
     #: A :class:`~anomaly_seg_ros.metrics.components.ComponentMetrics`, see :func:`new_component_metrics`.
     components: ComponentMetrics | None = None
+
+    def merge(self, other: PooledMetrics) -> PooledMetrics:
+        """Add another bag's accumulators; returns ``self``."""
+        self.pixels.merge(other.pixels)
+        if other.components is not None:
+            if self.components is None:
+                raise ValueError("cannot merge component metrics into pooled metrics that have none")
+            self.components.merge(other.components)
+        return self
+
+
+def pooled_score_range(perception: Perception, options: ReplayOptions) -> tuple[float, float]:
+    """Histogram range of a run's pooled pixel metrics: ``options.pooled_score_range``, else the
+    heatmap range widened by its span on each side.
+
+    Fixed before the first pixel (not learnt from the first bag's pixels) so that bags replayed
+    apart, in other processes or on other machines, merge into exactly the serial run's
+    accumulator. Scores outside it count into the edge bins (``out_of_range`` in the report)
+    and the error bounds still hold.
+    """
+    if options.pooled_score_range is not None:
+        return options.pooled_score_range
+    lo, hi = perception.heatmap_range
+    span = hi - lo if hi > lo else max(abs(lo), 1.0)
+    return (lo - span, hi + span)
+
+
+def new_pooled_metrics(perception: Perception, options: ReplayOptions) -> PooledMetrics:
+    """Empty pooled accumulators of a run: exact while the pixels fit the buffer, binned in
+    :func:`pooled_score_range` beyond it; one bag's merge exactly into another's."""
+    return PooledMetrics(
+        StreamingOODMetrics(histogram_range=pooled_score_range(perception, options)),
+        new_component_metrics(perception.threshold, options.component_track),
+    )
 
 
 def new_component_metrics(threshold: float, track: str) -> ComponentMetrics:
@@ -277,7 +389,11 @@ def replay_bag(
     typestore = get_typestore()
     report = ReplayReport(str(bag), str(out), camera_topic, gt_topic)
     components = new_component_metrics(perception.threshold, options.component_track)
-    truth = _GroundTruthTracker(options.detection_overlap, components, pooled) if gt_topic else None
+    truth = (
+        _GroundTruthTracker(options.match_iou, perception.config.alerts.min_area_px, components, pooled)
+        if gt_topic
+        else None
+    )
     outputs = messages.output_topics(options.namespace)
     topics = list_topics(bag)
     total = topics[camera_topic][1]
@@ -326,6 +442,13 @@ def replay_bag(
         report.component_accumulator = truth.components
         report.component_metrics = component_summary(truth.components)
         report.obstacles = [track.summary(ground) for track in truth.tracks]
+        report.match_rule = match_rule(truth.match_iou)
+        report.min_area_px = truth.min_area_px
+        report.false_alerts, report.false_alert_tracks = truth.false_alerts, truth.false_alert_tracks
+        if ground is not None:
+            report.range_at_min_area_m = {
+                f"{area:g}": ground.range_for_area(area, truth.min_area_px) for area in REFERENCE_FRONTAL_AREAS_M2
+            }
         report.pr_curve = truth.metrics.pr_curve() if report.pixel_metrics is not None else None
     return report
 
@@ -466,12 +589,15 @@ def replay_bags(
     options = options or ReplayOptions()
     for bag, _ in pairs:  # topic problems surface before the first bag is replayed
         find_topics(bag, options)
-    pooled = PooledMetrics(components=new_component_metrics(perception.threshold, options.component_track))
+    pooled = new_pooled_metrics(perception, options)
     reports = []
     for bag, target in pairs:
         if progress:
             log.info("replaying %s into %s", bag, target)
-        reports.append(replay_bag(bag, target, perception, options, progress=progress, pooled=pooled))
+        # accumulated per bag and merged in bag order, as a parallel run does: the two agree exactly
+        contribution = new_pooled_metrics(perception, options)
+        reports.append(replay_bag(bag, target, perception, options, progress=progress, pooled=contribution))
+        pooled.merge(contribution)
     return MultiReplay(reports, pooled)
 
 

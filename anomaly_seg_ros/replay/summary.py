@@ -11,6 +11,7 @@ import numpy as np
 
 from anomaly_seg_ros.evaluation.plots import plot_pr_curve
 from anomaly_seg_ros.metrics.ood import anomaly_ratio
+from anomaly_seg_ros.replay.report import detection_section
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -50,21 +51,7 @@ def markdown_summary(summary: dict[str, Any], extra: dict[str, Any] | None = Non
             f"| {_fmt(100 * metrics['ap'])} | {_fmt(100 * metrics['fpr_at_tpr'])} "
             f"| {_fmt(100 * metrics['auroc'])} | {_fmt(100 * anomaly_ratio(metrics), 3)} |",
         ]
-    if summary.get("obstacles"):
-        lines += [
-            "",
-            "## Ground-truth obstacles",
-            "",
-            "| obstacle | first seen (frame) | distance then (m) | detected | delay (s) | delay (frames) "
-            "| distance at alert (m) |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for item in summary["obstacles"]:
-            lines.append(
-                f"| {item['track_id']} | {item['first_seen_frame']} | {_fmt(item['first_distance_m'], 1)} "
-                f"| {'yes' if item['detected'] else 'MISSED'} | {_fmt(item['delay_s'])} "
-                f"| {item['delay_frames'] if item['detected'] else '–'} | {_fmt(item['distance_at_alert_m'], 1)} |"
-            )
+    lines += detection_section(summary.get("obstacles") or [], summary, with_bag=False)
     return "\n".join(lines) + "\n"
 
 

@@ -40,3 +40,58 @@ def camera_streams(
         )
     prefix = namespace.rstrip("/")
     return [CameraStream(f"{prefix}/{name}", f"/{name}/image_raw", f"/{name}/camera_info") for name in names]
+
+
+#: Launch argument -> node parameter, applied only when the argument is not empty.
+PARAMETER_ARGUMENTS = {
+    "model_name": "model.name",
+    "weights": "model.weights",
+    "scorer": "scorer.name",
+    "backend": "model.backend",
+    "device": "model.device",
+}
+
+_TRUE = ("true", "1", "yes", "on")
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """What pipeline.launch.py gives one anomaly_seg_node: name, namespace, parameters, remappings."""
+
+    name: str
+    namespace: str
+    #: Parameter files (paths) and override mappings, in launch_ros order (later wins).
+    parameters: list
+    remappings: list[tuple[str, str]]
+
+
+def pipeline_nodes(arguments: dict[str, str]) -> list[NodeLaunch]:
+    """The nodes of pipeline.launch.py for its launch arguments' values (all strings).
+
+    The launch file calls this with the performed ``LaunchConfiguration`` values; the tests
+    call it with the same values and start the real node with the result.
+    """
+    value = {key: str(text).strip() for key, text in arguments.items()}
+    overrides: dict[str, object] = {"input.compressed": value.get("compressed", "").lower() in _TRUE}
+    overrides.update({parameter: value[arg] for arg, parameter in PARAMETER_ARGUMENTS.items() if value.get(arg)})
+    parameters: list[object] = [value["params_file"]] if value.get("params_file") else []
+    parameters += [overrides, {"use_sim_time": value.get("use_sim_time", "").lower() in _TRUE}]
+    streams = camera_streams(
+        value.get("cameras", ""),
+        image_topic=value["camera_topic"],
+        camera_info_topic=value["camera_info_topic"],
+        namespace=value.get("namespace", ""),
+    )
+    return [
+        NodeLaunch(
+            name="anomaly_seg_node",
+            namespace=stream.namespace,
+            parameters=parameters,
+            remappings=[
+                ("image", stream.image_topic),
+                ("image/compressed", f"{stream.image_topic}/compressed"),
+                ("camera_info", stream.camera_info_topic),
+            ],
+        )
+        for stream in streams
+    ]

@@ -30,6 +30,7 @@ from anomaly_seg_msgs.msg import ObstacleAlert, ObstacleAlertArray
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
@@ -79,6 +80,14 @@ _ARRAY_TYPES = {"integer_array": Parameter.Type.INTEGER_ARRAY, "double_array": P
 ALERT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 #: Keep-last 1: image views are for looking at; an old one is worth nothing.
 VIEW_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+#: Camera input: reliable keep-last 3. A full-size frame (1.5 MB at 1024x512 rgb8) is split into
+#: many DDS fragments; best-effort between processes on a default Fast DDS loses almost every
+#: frame (0-2 of 60 arrive), reliable delivery gets all of them (test_ros_graph.py). Depth 3,
+#: not 1: while the worker holds the GIL the executor may be late, and a frame replaced in the
+#: reader's history would be lost uncounted; the worker's latest-value slot drops (and counts)
+#: old frames instead, which keeps latency bounded. A best-effort camera publisher does not
+#: match a reliable subscription: the node then logs how to override the reliability.
+IMAGE_QOS = QoSProfile(depth=3, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
 class StartupError(Exception):
@@ -118,6 +127,7 @@ class AnomalySegNode(Node):
         values = self._declare_parameters()
         try:
             config = config_from_parameters(values)
+            self.get_logger().info(f"loading model {config.model.name} from {config.model.weights}")
             self._perception = Perception.from_config(config)
         except AnomalySegError as error:
             raise StartupError(startup_error_message(error)) from None
@@ -136,7 +146,8 @@ class AnomalySegNode(Node):
         self._slot: LatestSlot[Image | CompressedImage] = LatestSlot()
         self._worker = PipelineWorker(self._slot, self._process, on_done=self._done, on_error=self._failed)
 
-        self._publishers = {
+        # Not ``_publishers``: rclpy's Node keeps its own list of publishers under that name.
+        self._image_publishers = {
             messages.SEMANTIC_MASK: self.create_publisher(Image, f"~/{messages.SEMANTIC_MASK}", VIEW_QOS),
             messages.SEMANTIC_COLOR: self.create_publisher(Image, f"~/{messages.SEMANTIC_COLOR}", VIEW_QOS),
             messages.ANOMALY_HEATMAP: self.create_publisher(Image, f"~/{messages.ANOMALY_HEATMAP}", VIEW_QOS),
@@ -151,12 +162,13 @@ class AnomalySegNode(Node):
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         compressed = bool(values["input.compressed"])
-        self.create_subscription(
+        self._image_sub = self.create_subscription(
             CompressedImage if compressed else Image,
             "image/compressed" if compressed else "image",
             self._on_image,
-            qos_profile_sensor_data,
+            IMAGE_QOS,
             qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_image_qos),
         )
         if values["input.use_camera_info"]:
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data)
@@ -198,6 +210,15 @@ class AnomalySegNode(Node):
 
     # -- input -------------------------------------------------------------------------
 
+    def _on_incompatible_image_qos(self, event: QoSRequestedIncompatibleQoSInfo) -> None:
+        topic = self._image_sub.topic_name
+        self.get_logger().warning(
+            f"a publisher on {topic} offers an incompatible QoS (policy id {event.last_policy_kind}); "
+            f"for a best-effort camera start the node with "
+            f"-p qos_overrides.{topic}.subscription.reliability:=best_effort",
+            throttle_duration_sec=30.0,
+        )
+
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self._stats.record_received(self._slot.put(msg))
 
@@ -220,8 +241,8 @@ class AnomalySegNode(Node):
 
     def _process(self, msg: Image | CompressedImage) -> None:
         frame = message_to_rgb(msg)
-        color_wanted = self._publishers[messages.SEMANTIC_COLOR].get_subscription_count() > 0
-        overlay_wanted = self._publishers[messages.ANOMALY_OVERLAY].get_subscription_count() > 0
+        color_wanted = self._image_publishers[messages.SEMANTIC_COLOR].get_subscription_count() > 0
+        overlay_wanted = self._image_publishers[messages.ANOMALY_OVERLAY].get_subscription_count() > 0
         with self._lock:
             result = self._perception.process(frame, render_color=color_wanted, render_overlay=overlay_wanted)
             ground = self._ground
@@ -230,12 +251,12 @@ class AnomalySegNode(Node):
 
     def _publish(self, header: Header, result: PerceptionResult, ground: GroundModel | None) -> None:
         """Every output of one frame, carrying the input image's header."""
-        self._publishers[messages.SEMANTIC_MASK].publish(image_msg(header, result.labels, "mono8"))
-        self._publishers[messages.ANOMALY_HEATMAP].publish(image_msg(header, result.anomaly, "32FC1"))
+        self._image_publishers[messages.SEMANTIC_MASK].publish(image_msg(header, result.labels, "mono8"))
+        self._image_publishers[messages.ANOMALY_HEATMAP].publish(image_msg(header, result.anomaly, "32FC1"))
         if result.color is not None:
-            self._publishers[messages.SEMANTIC_COLOR].publish(image_msg(header, result.color, "rgb8"))
+            self._image_publishers[messages.SEMANTIC_COLOR].publish(image_msg(header, result.color, "rgb8"))
         if result.overlay is not None:
-            self._publishers[messages.ANOMALY_OVERLAY].publish(image_msg(header, result.overlay, "rgb8"))
+            self._image_publishers[messages.ANOMALY_OVERLAY].publish(image_msg(header, result.overlay, "rgb8"))
         self._alerts_pub.publish(messages.alert_array_msg(RCLPY_TYPES, header, result, ground))
 
     def _done(self, msg: Image | CompressedImage, latency_s: float) -> None:
@@ -243,6 +264,8 @@ class AnomalySegNode(Node):
 
     def _failed(self, msg: Image | CompressedImage, error: Exception) -> None:
         """A bad frame is counted, logged (throttled) and skipped; the node keeps going."""
+        if not self.context.ok():
+            return  # shutting down (SIGINT/SIGTERM): the frame in progress could not be published
         if isinstance(error, MessageConversionError):
             self._stats.record_rejected(error.reason)
             self.get_logger().warning(f"input message rejected: {error}", throttle_duration_sec=5.0)
@@ -265,7 +288,10 @@ class AnomalySegNode(Node):
         )
 
     def destroy_node(self) -> None:
-        self._worker.stop()
+        # A node whose start-up failed has no worker yet; rclpy may still destroy it.
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            worker.stop()
         super().destroy_node()
 
 
@@ -278,6 +304,13 @@ def main(args: list[str] | None = None) -> int:
         get_logger(NODE_NAME).fatal(str(error))
         rclpy.try_shutdown()
         return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        rclpy.try_shutdown()  # SIGINT/SIGTERM while the model loads: a normal stop
+        return 0
+    except Exception:
+        if rclpy.ok():
+            raise
+        return 0  # the context was shut down by a signal half-way through start-up
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):

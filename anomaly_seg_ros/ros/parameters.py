@@ -36,6 +36,7 @@ import yaml
 
 from anomaly_seg_ros.common.errors import AnomalySegError, CheckpointError, ConfigError
 from anomaly_seg_ros.core.config import PerceptionConfig, load_config
+from anomaly_seg_ros.scoring import available_scorers
 
 ParameterKind = Literal["bool", "integer", "double", "string", "integer_array", "double_array"]
 Encoding = Literal["plain", "optional_string", "optional_double", "optional_array", "pairs", "yaml"]
@@ -176,8 +177,20 @@ def _encode_default(value: Any, kind: ParameterKind, encoding: Encoding) -> Any:
     return value
 
 
+def _described_by_registry() -> dict[str, tuple[str, str]]:
+    """(description, constraints) of parameters whose choices come from a registry, not the schema."""
+    scorers = ", ".join(available_scorers())
+    return {
+        "scorer.name": (
+            f"Anomaly scorer (anomaly_seg_ros.scoring registry): {scorers}. Higher score = more anomalous.",
+            f"one of: {scorers}",
+        )
+    }
+
+
 def _config_specs() -> list[ParameterSpec]:
     defaults = PerceptionConfig()
+    registry = _described_by_registry()
     specs = []
     for section in dataclasses.fields(PerceptionConfig):
         cls = type(getattr(defaults, section.name))
@@ -187,12 +200,14 @@ def _config_specs() -> list[ParameterSpec]:
         for item in dataclasses.fields(cls):
             name = f"{section.name}.{item.name}"
             kind, encoding, constraints = _describe_type(hints[item.name])
+            description = comments.get(item.name) or f"{section_doc} ({item.name})"
+            description, constraints = registry.get(name, (description, constraints))
             specs.append(
                 ParameterSpec(
                     name=name,
                     kind=kind,
                     default=_encode_default(getattr(getattr(defaults, section.name), item.name), kind, encoding),
-                    description=comments.get(item.name) or f"{section_doc} ({item.name})",
+                    description=description,
                     read_only=section.name in READ_ONLY_SECTIONS,
                     value_range=_RANGES.get(name),
                     additional_constraints=constraints,
@@ -331,3 +346,23 @@ def startup_error_message(error: AnomalySegError) -> str:
     if isinstance(error, CheckpointError):
         return f"cannot start: parameter model.weights: {error}"
     return f"cannot start: parameter {error}"
+
+
+def parameters_from_config(config: PerceptionConfig) -> dict[str, Any]:
+    """ROS parameter values of a configuration (for a parameter file); unset values are left out.
+
+    The inverse of :func:`config_from_parameters`: the node started with these values runs
+    exactly ``config``, which is how the demo starts the node with a perception YAML.
+    """
+    values: dict[str, Any] = {}
+    for spec in parameter_specs():
+        if not spec.config_key:
+            continue
+        section, key = spec.name.split(".", 1)
+        value = _encode_default(getattr(getattr(config, section), key), spec.kind, spec.encoding)
+        if (spec.kind.endswith("_array") and len(value) == 0) or (
+            spec.encoding == "optional_double" and math.isnan(value)
+        ):
+            continue
+        values[spec.name] = value
+    return values

@@ -35,19 +35,21 @@ _SENTINEL = "ObstacleAlert.msg"
 
 
 def _ament_share_dirs() -> list[Path]:
-    """Share folders of a sourced ROS workspace; empty where ament_index_python is absent."""
+    """Share folders of a sourced ROS workspace; empty where there is none.
+
+    ament_index_python may be importable without a workspace being sourced (the ROS 2 pip
+    wheels install it): it then raises ``OSError`` (``AMENT_PREFIX_PATH is not set``) or
+    ``LookupError`` for a package that is not in the index. Either means "not found here".
+    """
     try:
-        from ament_index_python.packages import (
-            PackageNotFoundError,
-            get_package_share_directory,
-        )
+        from ament_index_python.packages import get_package_share_directory
     except ImportError:
         return []
     found = []
     for package in ("anomaly_seg_ros", MSG_PACKAGE):
         try:
             found.append(Path(get_package_share_directory(package)) / "msg")
-        except PackageNotFoundError:
+        except (LookupError, OSError, ValueError):
             continue
     return found
 
@@ -66,8 +68,12 @@ def message_definition_dir() -> Path:
         Path(__file__).resolve().parents[2] / "msg" / "msg",
         Path(sys.prefix) / "share" / "anomaly_seg_ros" / "msg",
     ]
-    candidates += _ament_share_dirs()
     for folder in candidates:
+        if (folder / _SENTINEL).is_file():
+            return folder
+    # The ament index is asked only when neither place has the files.
+    candidates += _ament_share_dirs()
+    for folder in candidates[2:]:
         if (folder / _SENTINEL).is_file():
             return folder
     searched = "\n  ".join(str(folder) for folder in candidates)

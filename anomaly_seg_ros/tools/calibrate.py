@@ -25,6 +25,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=4, dest="batch_size")
     parser.add_argument("--bins", type=int, default=15, help="confidence bins of the ECE (default 15)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--config",
+        help="the deployment's perception config (e.g. config/demo.yaml): alert thresholds are re-measured inside "
+        "its alert region of interest (default: the region the checkpoint's thresholds were set for)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -38,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         n_bins=args.bins,
         device=args.device,
+        alerts_config=args.config,
     )
     print(
         f"temperature {figures['previous_temperature']:.4f} -> {figures['temperature']:.4f} "

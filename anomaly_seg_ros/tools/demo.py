@@ -38,6 +38,7 @@ from anomaly_seg_ros.replay.runner import ReplayOptions, replay_bag
 from anomaly_seg_ros.replay.summary import markdown_summary, save_rgb, write_report
 from anomaly_seg_ros.replay.synthetic_bag import SequenceTopics, write_sequence_bag
 from anomaly_seg_ros.scoring import logit_scorers
+from anomaly_seg_ros.tools.demo_live import markdown, run_live
 from anomaly_seg_ros.training import BEST_CHECKPOINT, load_train_config, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,6 +76,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, default=120, help="frames in the synthetic bag (default: %(default)s)")
     parser.add_argument("--eval-images", type=int, default=40, help="held-out images per set (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-live", action="store_true", help="skip the live ROS 2 graph (player -> anomaly_seg_node -> recorder)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -169,9 +173,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"[3/5] synthetic driving bag: {bag_dir}")
 
     step = time.perf_counter()
+    camera = camera_intrinsics(BAG_SEED, height=512, width=1024)
+    live = None if args.no_live else run_live(bag_dir, out, config, camera_height_m=camera.mount_height)
+    if live is not None:
+        timings["live ROS 2 graph"] = time.perf_counter() - step
+        print(f"[live] recorded the node's outputs: {live['recording']}")
+
+    step = time.perf_counter()
     picks = set(np.linspace(0, args.frames - 1, OVERLAYS).round().astype(int).tolist())
     recorder = DriveRecorder(picks)
-    camera = camera_intrinsics(BAG_SEED, height=512, width=1024)
     options = ReplayOptions(camera_height_m=camera.mount_height)
     report = replay_bag(bag_dir, replay_dir, perception, options, on_frame=recorder, progress=progress)
     timings["replay"] = time.perf_counter() - step
@@ -199,6 +209,10 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_summary(summary, extra))
     print(review_md, end="")
     print((report_dir / "evaluation.md").read_text(), end="")
+    if live is not None:
+        (report_dir / "live.md").write_text(markdown(live))
+        (report_dir / "live.json").write_text(json.dumps(live, indent=2, default=str) + "\n")
+        print(markdown(live), end="")
     print(f"[5/5] report in {report_dir}")
     return 0
 

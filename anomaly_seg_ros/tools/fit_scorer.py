@@ -21,6 +21,7 @@ from anomaly_seg_ros.inference.preprocess import frame_to_tensor, normalize_imag
 from anomaly_seg_ros.models import load_model, model_defaults
 from anomaly_seg_ros.scoring import get_scorer
 from anomaly_seg_ros.scoring.fitting import FittedScorer, save_fit
+from anomaly_seg_ros.scoring.flow import FitQuality
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,19 +38,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-images", type=int, dest="max_images", help="use at most N images (default: all)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="PARAM=VALUE", help="scorer parameter, e.g. steps=800"
+        "--set", action="append", default=[], metavar="PARAM=VALUE", help="scorer parameter, e.g. max_steps=800"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--allow-worse",
+        action="store_true",
+        dest="allow_worse",
+        help="save a flow fit even when it detects misclassification worse than its own input (default: refuse)",
+    )
     parser.set_defaults(run=run)
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
-    """``["steps=800", "loss=ce"]`` -> ``{"steps": 800, "loss": "ce"}`` (values parsed as YAML)."""
+    """``["max_steps=800", "loss=ce"]`` -> ``{"max_steps": 800, "loss": "ce"}`` (values parsed as YAML)."""
     params: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected PARAM=VALUE, e.g. steps=800")
+            raise ConfigError(f"--set {item!r}: expected PARAM=VALUE, e.g. max_steps=800")
         params[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return params
 
@@ -72,6 +79,22 @@ def dataset_batches(
         yield inputs, label_tensor
 
 
+def check_fit_quality(name: str, quality: FitQuality, *, allow_worse: bool = False) -> None:
+    """Refuse (ConfigError) a flow fit that ranks misclassification worse than its own input does."""
+    if not quality.worse_than_input:
+        return
+    message = (
+        f"the {name!r} fit detects misclassification worse than its own input: held-out AUROC "
+        f"{100 * quality.auroc_flow:.2f} % for the flow's posterior < {100 * quality.auroc_input:.2f} % for the energy"
+    )
+    if not allow_worse:
+        raise ConfigError(
+            f"not saving it: {message}; fit on more images or with other parameters (--set), "
+            "or keep it anyway with --allow-worse"
+        )
+    print(f"warning: saving it anyway (--allow-worse): {message}")
+
+
 def run(args: argparse.Namespace) -> int:
     scorer = get_scorer(args.name, **parse_params(args.set))
     target = getattr(scorer, "inner", scorer)
@@ -89,6 +112,12 @@ def run(args: argparse.Namespace) -> int:
     scorer.bind(model)
     batches = dataset_batches(dataset, input_size, mean, std, device, limit=limit, progress=not args.no_progress)
     target.fit(model, batches)
-    path = save_fit(target, args.checkpoint, info={"data": str(args.data), "split": args.split, "images": limit})
+    info: dict[str, Any] = {"data": str(args.data), "split": args.split, "images": limit}
+    quality = getattr(target, "quality", None)
+    if quality is not None:
+        print(f"fit quality of {args.name!r}: {quality.describe()}")
+        info["quality"] = quality.as_dict()
+        check_fit_quality(args.name, quality, allow_worse=args.allow_worse)
+    path = save_fit(target, args.checkpoint, info=info)
     print(f"fitted scorer {args.name!r} on {limit} images of {args.data} ({args.split}); wrote {path}")
     return 0

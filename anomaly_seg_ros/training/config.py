@@ -63,8 +63,14 @@ class TrainConfig:
     deterministic: bool = False
     #: Cap on optimisation steps per epoch (0 = whole dataset); for quick experiments and tests.
     max_steps_per_epoch: int = 0
-    #: Alert thresholds are calibrated so that this fraction of validation road pixels lies above them.
+    #: Alert thresholds are calibrated so that this fraction of the labelled in-distribution validation
+    #: pixels inside the deployed alert region (``alerts_config``) lies above them. (The name is
+    #: historical: the region was once all road pixels.)
     calibration_road_fpr: float = 0.001
+    #: Perception config (YAML) of the deployment; its ``alerts`` section (roi, roi_polygon,
+    #: drivable_classes) is the region thresholds are calibrated in. Null: the default config.
+    #: Relative to the training config file when set there, else to the working directory.
+    alerts_config: str | None = None
     #: CPU threads per process (0 = PyTorch's default).
     threads: int = 0
     #: "auto" (CUDA when available, the local rank's GPU under torchrun), "cpu", "cuda" or "cuda:N".
@@ -124,6 +130,11 @@ class TrainConfig:
             (0 < self.calibration_road_fpr < 1, "calibration_road_fpr", "a number in (0, 1)"),
             (self.threads >= 0, "threads", "an integer >= 0"),
             (
+                self.alerts_config is None or Path(self.alerts_config).is_file(),
+                "alerts_config",
+                "null or an existing perception config file (e.g. config/demo.yaml)",
+            ),
+            (
                 self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                 "device",
                 "'auto', 'cpu', 'cuda' or 'cuda:N'",
@@ -158,6 +169,9 @@ def load_train_config(
     Unknown keys raise ConfigError naming the key and the valid ones.
     """
     data = read_yaml_mapping(path, "training config file") if path is not None else {}
+    if path is not None and data.get("alerts_config") and not Path(data["alerts_config"]).is_absolute():
+        # a path written in a config file is relative to that file, wherever the command runs
+        data["alerts_config"] = str(Path(path).parent / data["alerts_config"])
     data.update({key: value for key, value in (overrides or {}).items() if value is not None})
     for text in sets:
         data.update(parse_override(text))

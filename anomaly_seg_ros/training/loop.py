@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from anomaly_seg_ros.common.errors import CheckpointError, ConfigError
-from anomaly_seg_ros.common.labels import IGNORE_INDEX, NUM_CITYSCAPES_CLASSES, TRAIN_ID, class_names
-from anomaly_seg_ros.core.config import _to_plain
+from anomaly_seg_ros.common.labels import IGNORE_INDEX, NUM_CITYSCAPES_CLASSES, class_names
+from anomaly_seg_ros.core.alerts import region_of_interest
+from anomaly_seg_ros.core.config import AlertConfig, _to_plain, load_config
 from anomaly_seg_ros.inference.preprocess import normalize_images
 from anomaly_seg_ros.losses import build_criterion, iu_pixel_weights
 from anomaly_seg_ros.metrics import ConfusionMatrix
@@ -214,6 +215,37 @@ def cityscapes_miou(confusion: ConfusionMatrix) -> float:
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
 
 
+def calibration_region(
+    labels: torch.Tensor, predicted: torch.Tensor, alerts: AlertConfig, num_classes: int = NUM_CITYSCAPES_CLASSES
+) -> torch.Tensor:
+    """(N, H, W) bool: the in-distribution pixels inside the alert region of interest of each frame.
+
+    The region is the one the deployed perception core thresholds (:func:`region_of_interest`
+    on the predicted labels with the deployment's ``alerts`` settings), so a threshold set at
+    a false-positive rate here has that rate where alerts are raised, and no pixel the alerts
+    never look at (the ego hood, the sky, beyond a static polygon) moves it. In-distribution
+    means a labelled Cityscapes class (trainIds below ``num_classes``): ignore (255) and a
+    20-class model's void (19) are left out.
+    """
+    known = (labels >= 0) & (labels < num_classes)
+    regions = []
+    for frame in predicted.cpu().numpy().astype(np.uint8):
+        roi, _ = region_of_interest(frame, alerts)
+        regions.append(np.ones(frame.shape, dtype=bool) if roi is None else roi)
+    return known & torch.from_numpy(np.stack(regions)).to(labels.device)
+
+
+def describe_region(alerts: AlertConfig, source: str | None) -> dict[str, Any]:
+    """What a calibrated threshold's false-positive rate refers to, as stored in the checkpoint."""
+    return {
+        "pixels": f"labelled in-distribution pixels (trainIds 0-{NUM_CITYSCAPES_CLASSES - 1}) inside the alert ROI",
+        "roi": alerts.roi,
+        "roi_polygon": [list(point) for point in alerts.roi_polygon],
+        "drivable_classes": list(alerts.drivable_classes),
+        "config": source or "default perception config",
+    }
+
+
 def calibrate_scorers(
     model: nn.Module,
     loader: DataLoader,
@@ -221,17 +253,25 @@ def calibrate_scorers(
     *,
     temperature: float = 1.0,
     device: torch.device | str = "cpu",
+    alerts: AlertConfig | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per scorer: the alert threshold that a fraction ``calibration_road_fpr`` of validation
-    road pixels exceeds, and a heatmap display range from the in-distribution score spread.
+    """Per scorer: the alert threshold that a fraction ``calibration_road_fpr`` of the validation
+    pixels inside the deployed alert region exceed, and a heatmap display range from the
+    in-distribution score spread.
 
-    This puts every scorer's threshold at the same false-alarm rate on the surface where
-    alerts are raised, so switching scorers at run time needs no hand tuning. Only scorers
-    computed from this model's logits alone are calibrated: those that need features, a fit,
-    the network itself or parameters are skipped, and so are those whose ``bind`` rejects the
-    model (``void`` on a 19-class model, ``isomax`` without an IsoMax+ head). Temperature
-    scorers use ``temperature``, the one the perception core will apply from the checkpoint.
+    The region (:func:`calibration_region`) comes from ``alerts``, else from the perception
+    config named by ``config.alerts_config``, else from the default one: the deployment's
+    region of interest, so every scorer's threshold has the same false-alarm rate where alerts
+    are raised, and switching scorers at run time needs no hand tuning. Each entry records the
+    rate (``fpr``) and the region it was set for (``region``). Only scorers computed from this
+    model's logits alone are calibrated: those that need features, a fit, the network itself
+    or parameters are skipped, and so are those whose ``bind`` rejects the model (``void`` on
+    a 19-class model, ``isomax`` without an IsoMax+ head). Temperature scorers use
+    ``temperature``, the one the perception core will apply from the checkpoint.
     """
+    source = config.alerts_config if alerts is None else None
+    if alerts is None:
+        alerts = load_config(config.alerts_config).alerts
     scorers = {}
     for name in available_scorers():
         try:
@@ -250,24 +290,33 @@ def calibrate_scorers(
             continue
         scorers[name] = scorer
     normalization = model_defaults(config.model)
-    road_scores: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
+    region_scores: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
     all_scores: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
     for logits, labels in predict_batches(model, loader, config, normalization, device):
-        road = labels == TRAIN_ID["road"]
+        region = calibration_region(labels, logits.argmax(dim=1), alerts)
         valid = labels != IGNORE_INDEX
         for name, scorer in scorers.items():
             scores = scorer(logits)
-            road_scores[name].append(scores[road].float().cpu().numpy())
+            region_scores[name].append(scores[region].float().cpu().numpy())
             all_scores[name].append(scores[valid][::16].float().cpu().numpy())  # a subsample suffices for a range
     calibration = {}
+    region_info = describe_region(alerts, source)
     for name in scorers:
-        road = np.concatenate(road_scores[name])
-        if road.size == 0:
-            raise ConfigError("calibration needs road pixels (trainId 0) in the validation split")
-        threshold = float(np.quantile(road, 1.0 - config.calibration_road_fpr))
+        inside = np.concatenate(region_scores[name])
+        if inside.size == 0:
+            raise ConfigError(
+                f"calibration needs labelled in-distribution pixels inside the alert region (alerts.roi "
+                f"{alerts.roi!r}) in the validation split, and found none"
+            )
+        threshold = float(np.quantile(inside, 1.0 - config.calibration_road_fpr))
         low = float(np.quantile(np.concatenate(all_scores[name]), 0.05))
         high = threshold + 0.5 * max(threshold - low, 1e-6)
-        calibration[name] = {"threshold": threshold, "range": [low, high], "road_fpr": config.calibration_road_fpr}
+        calibration[name] = {
+            "threshold": threshold,
+            "range": [low, high],
+            "fpr": config.calibration_road_fpr,
+            "region": {**region_info, "pixel_count": int(inside.size)},
+        }
     return calibration
 
 

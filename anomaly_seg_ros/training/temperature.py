@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from anomaly_seg_ros.common.errors import ConfigError, DatasetError
+from anomaly_seg_ros.core.config import AlertConfig, load_config
 from anomaly_seg_ros.inference.preprocess import normalize_images
 from anomaly_seg_ros.metrics.calibration import (
     PixelReservoir,
@@ -45,6 +46,15 @@ def _sample_pixels(
     return reservoir
 
 
+def _recorded_region(entry: dict[str, Any]) -> tuple[AlertConfig, str]:
+    """The alert region a checkpoint's thresholds were calibrated in; the default one for older checkpoints."""
+    region = entry.get("region")
+    if not region:
+        return load_config(None).alerts, "default perception config"
+    overrides = {key: region[key] for key in ("roi", "roi_polygon", "drivable_classes") if key in region}
+    return load_config(None, {"alerts": overrides}).alerts, str(region.get("config", "recorded in the checkpoint"))
+
+
 def calibrate_checkpoint(
     checkpoint: str | Path,
     data: str | Path,
@@ -56,13 +66,16 @@ def calibrate_checkpoint(
     n_bins: int = 15,
     device: str = "cpu",
     seed: int = 0,
+    alerts_config: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fit the softmax temperature of ``checkpoint`` on ``data``/``split``; write the checkpoint to ``output``.
 
     ``output`` defaults to ``checkpoint`` itself (replaced atomically). Everything in the
     metadata is kept except ``temperature`` (replaced), ``temperature_calibration`` (the
     figures below) and the per-scorer alert thresholds under ``calibration``, which are
-    measured again at the new temperature with the same road false-positive rate. ECE and
+    measured again at the new temperature with the same false-positive rate, inside the alert
+    region of the deployment's perception config ``alerts_config`` (default: the region the
+    checkpoint's thresholds were set for, else the default config's). ECE and
     NLL are measured on the sampled pixels, before (at the checkpoint's temperature) and
     after. Returns those figures.
     """
@@ -95,7 +108,12 @@ def calibrate_checkpoint(
     meta["temperature"] = new
     meta["temperature_calibration"] = figures
     if meta.get("calibration"):
-        road_fpr = next(iter(meta["calibration"].values())).get("road_fpr", 0.001)
+        previous = next(iter(meta["calibration"].values()))
+        road_fpr = previous.get("fpr", previous.get("road_fpr", 0.001))
+        if alerts_config is not None:
+            alerts, source = load_config(alerts_config).alerts, str(alerts_config)
+        else:
+            alerts, source = _recorded_region(previous)
         config = TrainConfig(
             data=str(data),
             val_split=split,
@@ -104,7 +122,11 @@ def calibrate_checkpoint(
             input_size=tuple(meta["input_size"]),
             calibration_road_fpr=float(road_fpr),
         )
-        meta["calibration"] = calibrate_scorers(model, loader, config, temperature=new, device=torch_device)
+        meta["calibration"] = calibrate_scorers(
+            model, loader, config, temperature=new, device=torch_device, alerts=alerts
+        )
+        for entry in meta["calibration"].values():
+            entry["region"]["config"] = source
     target = Path(output) if output is not None else checkpoint
     save_checkpoint(model, target, metadata=meta)
     log.info(
