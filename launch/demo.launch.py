@@ -2,7 +2,7 @@
 
     anomaly-seg demo                      # once: writes demo_output/bags/drive_mcap
     ros2 launch anomaly_seg_ros demo.launch.py bag:=demo_output/bags/drive_mcap \
-        weights:=checkpoints/erfnet_synthetic.safetensors
+        weights:=checkpoints/erfnet_synthetic_oe.safetensors
 
 The bag is played on wall time (no --clock): a looping clock would jump backwards at each
 loop, which nodes on sim time treat as a reset.
@@ -24,7 +24,7 @@ def generate_launch_description() -> LaunchDescription:
             ),
             DeclareLaunchArgument(
                 "weights",
-                default_value="checkpoints/erfnet_synthetic.safetensors",
+                default_value="checkpoints/erfnet_synthetic_oe.safetensors",
                 description="checkpoint (the demo model, trained on synthetic scenes)",
             ),
             DeclareLaunchArgument("device", default_value="", description="model.device; empty = params_file's"),
