@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+#: The outlier source and pasting of the outlier-exposure variants (as in config/train_synthetic_oe.yaml).
+_OE_OUTLIERS = "outliers={source: procedural, probability: 0.8, max_objects: 3, blend: feather}"
 #: name -> (training overrides, scorers evaluated for it)
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "ce": (["losses=[{name: ce}]"], ["msp", "maxlogit", "maxentropy"]),
@@ -34,12 +36,31 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
         ["msp", "maxlogit", "maxentropy"],
     ),
     "isomax_ce": (["head=isomax", "losses=[{name: isomax}, {name: ce}]"], ["isomax", "msp", "maxlogit", "maxentropy"]),
+    # Outlier exposure (data/outliers.py, losses/outlier.py): procedural outliers pasted on the road.
+    "oe_energy": (
+        [
+            "losses=[{name: ce}, {name: energy_margin, weight: 0.1, margin_in: -8.0, margin_out: -2.0}]",
+            _OE_OUTLIERS,
+        ],
+        ["energy", "msp", "maxlogit", "maxentropy"],
+    ),
+    "oe_void": (
+        ["num_classes=20", "losses=[{name: ce}, {name: outlier_void}]", _OE_OUTLIERS],
+        ["void", "energy", "msp", "maxlogit", "maxentropy"],
+    ),
+    "oe_entropy": (
+        ["losses=[{name: ce}, {name: outlier_entropy, weight: 0.5}]", _OE_OUTLIERS],
+        ["energy", "msp", "maxlogit", "maxentropy"],
+    ),
 }
 TITLES = {
     "ce": "ERFNet, CE",
     "void": "ERFNet, void classifier",
     "logitnorm_ce": "ERFNet, LogitNorm + CE",
     "isomax_ce": "ERFNet, IsoMax+ + CE",
+    "oe_energy": "ERFNet, CE + energy margin on pasted outliers (OE)",
+    "oe_void": "ERFNet, void classifier with pasted outliers as void (OE)",
+    "oe_entropy": "ERFNet, CE + entropy maximisation on pasted outliers (OE)",
 }
 
 
