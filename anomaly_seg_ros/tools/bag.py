@@ -5,12 +5,16 @@ detection-delay metrics; see :mod:`anomaly_seg_ros.replay.report`)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from anomaly_seg_ros.core.config import load_config
 from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.replay.report import markdown_report, write_bag_report
-from anomaly_seg_ros.replay.runner import ReplayOptions, plan_outputs, replay_bags
+from anomaly_seg_ros.replay.runner import ReplayOptions, ReplayStopped, plan_outputs, replay_bags
+
+#: Exit status of a run stopped by Ctrl-C (128 + SIGINT, the shell's convention).
+EXIT_INTERRUPTED = 130
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -68,8 +72,22 @@ def run(args: argparse.Namespace) -> int:
         component_track=args.component_track,
     )
     pairs = plan_outputs(args.bag, args.out)
-    replayed = replay_bags(pairs, perception, options, progress=not args.no_progress)
     folder = Path(args.report or f"{args.out.rstrip('/')}_report")
+    try:
+        replayed = replay_bags(pairs, perception, options, progress=not args.no_progress)
+    except ReplayStopped as stopped:
+        # Ctrl-C or an unexpected error: the output bags are closed; report what was replayed, say where it stopped
+        pooled = stopped.pooled if len(pairs) > 1 else None
+        write_bag_report(
+            folder,
+            stopped.reports,
+            pixel_metrics=pooled.pixels if pooled else None,
+            component_metrics=pooled.components if pooled else None,
+            plots=False,
+            partial=stopped.summary(),
+        )
+        print(f"anomaly-seg bag: {stopped}; output bag closed, partial report written to {folder}", file=sys.stderr)
+        return EXIT_INTERRUPTED if stopped.interrupted else 1
     pooled = replayed.pooled if len(pairs) > 1 else None  # one bag: its own accumulators are the pooled ones
     document = write_bag_report(
         folder,
