@@ -119,8 +119,11 @@ def main() -> int:
         "",
         "## Notes",
         "",
-        "- PGU is evaluated at p in {" + ", ".join(f"{p:g}" for p in PGU_P) + "} (seed 001); best p per set: "
-        + ("; ".join(best) or "none") + ".",
+        "- PGU is evaluated at p in {"
+        + ", ".join(f"{p:g}" for p in PGU_P)
+        + "} (seed 001); best p per set: "
+        + ("; ".join(best) or "none")
+        + ".",
         "- SML and FlowEneDet are fitted on the single Cityscapes sample image (the only in-distribution "
         "labelled image available), so their rows show that the path runs, not what a full fit reaches.",
         "- Chance AuPRC is the anomaly pixel ratio listed under the table; the seed paper's Table 1 sits at "

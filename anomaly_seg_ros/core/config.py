@@ -315,7 +315,9 @@ def parse_override(text: str) -> dict[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as error:
-        raise ConfigError(f"override {text!r}: the value of {key.strip()} is not valid YAML ({_yaml_problem(error)})") from None
+        raise ConfigError(
+            f"override {text!r}: the value of {key.strip()} is not valid YAML ({_yaml_problem(error)})"
+        ) from None
     tree: dict[str, Any] = {}
     node = tree
     parts = key.strip().split(".")

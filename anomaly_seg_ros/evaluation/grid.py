@@ -741,6 +741,10 @@ def run_grid(options: GridOptions) -> dict[str, Any]:
     keys = [spec.key for spec in options.scorers]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"evaluate: a scorer is listed twice: {keys}")
+    for checkpoint in options.checkpoints:  # every path before the first one runs for minutes
+        if not checkpoint.is_file():
+            what = "is a directory, not a checkpoint file" if checkpoint.is_dir() else "does not exist"
+            raise ConfigError(f"--checkpoint {checkpoint} {what}")
     options.out.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
     rows: list[dict[str, Any]] = []

@@ -301,7 +301,7 @@ def _load_bare_state_dict(
     return model.to(device).eval(), meta
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _architecture_signature(name: str) -> tuple[frozenset[str], tuple[tuple[str, int], ...]]:
     """Keys of model ``name`` (without BatchNorm counters) and, per class-count-dependent key, the
     axis that has ``num_classes`` entries (found by building the network at two class counts)."""
@@ -309,7 +309,7 @@ def _architecture_signature(name: str) -> tuple[frozenset[str], tuple[tuple[str,
     keys = frozenset(key for key in small if not key.endswith(".num_batches_tracked"))
     axes = []
     for key in sorted(keys):
-        differing = [axis for axis, (a, b) in enumerate(zip(small[key].shape, large[key].shape)) if a != b]
+        differing = [axis for axis, (a, b) in enumerate(zip(small[key].shape, large[key].shape, strict=True)) if a != b]
         if differing:
             axes.append((key, differing[0]))
     return keys, tuple(axes)
@@ -346,7 +346,9 @@ def infer_architecture(
     name = matches[0]
     counts = {int(state[key].shape[axis]) for key, axis in signatures[name][1] if state[key].ndim > axis}
     if len(counts) != 1:
-        raise CheckpointError(f"{path}: the classifier layers of {name!r} disagree on the class count: {sorted(counts)}")
+        raise CheckpointError(
+            f"{path}: the classifier layers of {name!r} disagree on the class count: {sorted(counts)}"
+        )
     classes = counts.pop()
     if num_classes is not None and num_classes != classes:
         raise CheckpointError(f"{path} holds a {classes}-class {name!r}, not the requested {num_classes} classes")

@@ -132,7 +132,9 @@ def find_topics(bag: Path, options: ReplayOptions) -> tuple[str, str, str | None
         listing = ", ".join(f"{t} ({kind})" for t, (kind, _) in topics.items())
         raise BagError(f"{bag} has no camera topic of type {' or '.join(IMAGE_TYPES)}; its topics: {listing}")
     if len(cameras) > 1:
-        raise BagError(f"{bag} has {len(cameras)} image topics ({', '.join(cameras)}); name the camera topic with --topic")
+        raise BagError(
+            f"{bag} has {len(cameras)} image topics ({', '.join(cameras)}); name the camera topic with --topic"
+        )
     return _with_messages(bag, cameras[0], topics), topics[cameras[0]][0], gt_topic
 
 
@@ -324,9 +326,8 @@ def replay_bag(
         report.pr_curve = truth.metrics.pr_curve() if report.pixel_metrics is not None else None
     if (cut := truncated_mcap(bag)) is not None:
         last = report.frame_records[-1].log_ns if report.frame_records else None
-        report.last_rejection = (
-            f"{cut.describe()}: replayed those, {report.frames} camera frames"
-            + (f", the last at log time {last} ns" if last is not None else "")
+        report.last_rejection = f"{cut.describe()}: replayed those, {report.frames} camera frames" + (
+            f", the last at log time {last} ns" if last is not None else ""
         )
         report.rejected["truncated_bag"] += 1
         log.warning("%s", report.last_rejection)

@@ -54,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    # every list option takes several values and may be repeated: --scorer msp maxlogit == --scorer msp --scorer maxlogit
+    # list options take several values and may repeat: --scorer msp maxlogit == --scorer msp --scorer maxlogit
     parser.add_argument(
         "--checkpoint",
         action="extend",
