@@ -107,6 +107,7 @@ def _checkpoint_metadata(model: nn.Module, metadata: Mapping[str, Any]) -> dict[
         "head": head,
     }
     meta.update(metadata)
+    meta.pop("recorded", None)  # defaults of a bare state_dict (load_model) are recorded once saved
     if "class_names" not in meta:
         try:
             meta["class_names"] = list(default_class_names(num_classes))
