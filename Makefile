@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean eval-real
 
 setup:
 	@./scripts/setup.sh
@@ -14,6 +14,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The evaluation grid on the real benchmark data beside the clone (../shared/realdata): docs/real_benchmarks.md
+eval-real: setup
+	$(PY) benchmarks/real_data.py --realdata ../shared/realdata
 
 lint: setup
 	$(VENV)/bin/ruff check anomaly_seg_ros test launch
