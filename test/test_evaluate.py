@@ -375,3 +375,13 @@ def test_miou_of_a_void_class_model_averages_the_19_classes_only(assets, tmp_pat
     miou = np.mean(np.diag(matrix)[:19][scored] / union[:19][scored])
     assert segmentation["miou"] == pytest.approx(miou, abs=1e-12)
     assert len(segmentation["iou"]) == 19 and segmentation["void_predicted"] == int(matrix[:19, 19].sum())
+
+
+def test_auto_datasets_are_named_by_the_kind_found(assets, tmp_path):
+    root = tmp_path / "fs_static_val"  # the Fishyscapes layout and folder name
+    (root / "images").mkdir(parents=True)
+    (root / "labels_masks").mkdir()
+    spec = parse_dataset_spec(f"auto:{root}")
+    assert (spec.kind, spec.title) == ("fs_static", "FS Static")
+    synthetic = parse_dataset_spec(f"auto:{assets['synth'] / 'anomaly'}")
+    assert (synthetic.kind, synthetic.title) == ("synthetic", "Synthetic")
