@@ -16,8 +16,9 @@ test: setup
 	$(PY) -m pytest -q
 
 # The evaluation grid on the real benchmark data beside the clone (../shared/realdata): docs/real_benchmarks.md
+# (one thread: on a busy machine the flow fit's small ops stall behind a second, waiting thread)
 eval-real: setup
-	$(PY) benchmarks/real_data.py --realdata ../shared/realdata
+	OMP_NUM_THREADS=1 $(PY) benchmarks/real_data.py --realdata ../shared/realdata
 
 lint: setup
 	$(VENV)/bin/ruff check anomaly_seg_ros test launch
