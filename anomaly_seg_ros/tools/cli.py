@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AnomalySegError as error:
         print(f"anomaly-seg {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a replay loop (which keeps its partial results itself)
+        print(f"anomaly-seg {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
