@@ -66,8 +66,8 @@ class Perception:
         self.input_size: tuple[int, int] = tuple(
             config.model.input_size or self.metadata.get("input_size") or defaults["input_size"]
         )
-        self.mean = tuple(self.metadata.get("mean") or defaults["mean"])
-        self.std = tuple(self.metadata.get("std") or defaults["std"])
+        self.mean = tuple(config.model.mean or self.metadata.get("mean") or defaults["mean"])
+        self.std = tuple(config.model.std or self.metadata.get("std") or defaults["std"])
         self.threads = configure_threads(config.model.threads)
         self.model = model.to(self.device).eval()
         request = BackendRequest.from_config(config.model, input_size=self.input_size, mean=self.mean, std=self.std)

@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     request = BackendRequest.from_config(
         config.model,
         input_size=input_size,
-        mean=metadata.get("mean") or defaults["mean"],
-        std=metadata.get("std") or defaults["std"],
+        mean=config.model.mean or metadata.get("mean") or defaults["mean"],
+        std=config.model.std or metadata.get("std") or defaults["std"],
     )
     cache = EngineCache(args.out)
     records = []
