@@ -1,4 +1,4 @@
-"""Inference backends behind one interface: Torch-TensorRT, torch.compile, eager PyTorch.
+"""Inference backends behind one interface: Torch-TensorRT, torch.compile, ONNX Runtime, OpenVINO, eager.
 
 ``select_backend(model, request)`` tries the backends of the request in a fixed order and
 returns the first that builds and runs a warm-up pass on this machine:
@@ -10,15 +10,17 @@ auto, CUDA     tensorrt -> compile -> eager          (auto always falls back)
 auto, CPU      :data:`CPU_AUTO_ORDER` (measured)     (auto always falls back)
 tensorrt       tensorrt -> compile -> eager          tensorrt, else ConfigError
 compile        compile -> eager                      compile, else ConfigError
+onnxruntime    onnxruntime -> eager                  onnxruntime, else ConfigError
+openvino       openvino -> eager                     openvino, else ConfigError
 eager          eager                                 eager
 =============  ===================================  ==================================
 
 Every skipped backend is logged with its reason and kept on the returned
 :class:`InferenceBackend` (``skipped``), which the perception core exposes, so diagnostics show
 which backend actually runs and why the faster ones did not. Precision follows the same
-rule: fp16 needs CUDA, int8 needs TensorRT (and a calibration folder); an unsupported
-precision is a ConfigError, or with ``fallback`` the nearest supported one (int8 -> fp16 on
-CUDA, -> fp32 on CPU), logged.
+rule: fp16 needs CUDA, int8 needs TensorRT (and a calibration folder), bf16 needs OpenVINO on
+a CPU with BF16; an unsupported precision is a ConfigError, or with ``fallback`` the nearest
+supported one (int8 -> fp16 on CUDA, -> fp32 on CPU; bf16 -> fp32), logged.
 
 Backends compile for one input shape (the network input: batch 1 at ``model.input_size``);
 a tensor of another shape runs the eager model, so offline tools may still batch.
@@ -31,17 +33,20 @@ torch.export and Torch-TensorRT take as it is. The perception core asks for it a
 when the configured scorer needs features, so a switch to such a scorer at run time is the
 only case that compiles while running (logged).
 
-**CPU.** Measured on this project's 2-core CI machine (ERFNet, benchmarks/README.md):
-channels-last eager runs x1.17-1.33 faster than plain eager at 512x1024 (oneDNN's
-channels-last convolutions), while torch.compile (Inductor, C++ codegen) ran at x0.78 of
-plain eager at 256x512 after minutes of compilation. So ``auto`` on CPU is eager with
-channels-last memory format; torch.compile is tried on CPU only when asked for.
+**CPU.** ONNX Runtime and OpenVINO (optional extras, inference/cpu_runtimes.py) run the
+network exported to ONNX; ``auto`` on CPU tries them in :data:`CPU_AUTO_ORDER`, the order
+measured by benchmarks/cpu_runtimes.py on this project's 2-core machine (benchmarks/README.md),
+and falls back to eager with channels-last memory format (oneDNN's channels-last
+convolutions, x1.17-1.33 faster than plain eager at 512x1024) when neither is installed.
+torch.compile (Inductor, C++ codegen) ran at x0.78 of plain eager at 256x512 after minutes of
+compilation, so it is tried on CPU only when asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,18 +57,29 @@ import torch
 from torch import nn
 
 from anomaly_seg_ros.common.errors import ConfigError, DatasetError
+from anomaly_seg_ros.inference import cpu_runtimes
 from anomaly_seg_ros.inference.engine_cache import EngineCache, make_key
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 
 LOGGER = logging.getLogger(__name__)
 
-BACKENDS = ("tensorrt", "compile", "eager")
+BACKENDS = ("tensorrt", "compile", "onnxruntime", "openvino", "eager")
 #: What ``auto`` tries on a CPU device, fastest first (measured, see the module docstring).
-CPU_AUTO_ORDER = ("eager",)
+CPU_AUTO_ORDER = ("onnxruntime", "openvino", "eager")
 CUDA_AUTO_ORDER = ("tensorrt", "compile", "eager")
 #: Explicit requests fall back to the backends after them in this order.
-FALLBACK_ORDER = {"tensorrt": ("tensorrt", "compile", "eager"), "compile": ("compile", "eager"), "eager": ("eager",)}
-PRECISIONS = ("fp32", "fp16", "int8")
+FALLBACK_ORDER = {
+    "tensorrt": ("tensorrt", "compile", "eager"),
+    "compile": ("compile", "eager"),
+    "onnxruntime": ("onnxruntime", "eager"),
+    "openvino": ("openvino", "eager"),
+    "eager": ("eager",),
+}
+#: Backends that run the network exported to ONNX (one cached ONNX file, backend key ``onnx``).
+ONNX_BACKENDS = ("onnxruntime", "openvino")
+#: Smallest network input (H*W) for which ``auto`` on CPU tries the ONNX runtimes (the demo's 128x256).
+CPU_RUNTIME_MIN_PIXELS = 128 * 256
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 Graph = Callable[[torch.Tensor], Any]
@@ -117,11 +133,26 @@ class BackendRequest:
         return (1, 3, *self.input_size)
 
 
-def candidate_order(backend: str, device: torch.device | str, *, fallback: bool) -> tuple[str, ...]:
-    """Backends tried for a request, in order (see the table in the module docstring)."""
+def candidate_order(
+    backend: str, device: torch.device | str, *, fallback: bool, input_size: Sequence[int] | None = None
+) -> tuple[str, ...]:
+    """Backends tried for a request, in order (see the table in the module docstring).
+
+    ``auto`` on CPU tries the ONNX runtimes that are installed, and only for network inputs of
+    at least :data:`CPU_RUNTIME_MIN_PIXELS` (``input_size`` None counts as large): below that
+    the forward takes milliseconds in eager PyTorch and the ONNX export would cost more at
+    start-up than it saves.
+    """
     device = torch.device(device)
     if backend == "auto":
-        return CUDA_AUTO_ORDER if device.type == "cuda" else CPU_AUTO_ORDER
+        if device.type == "cuda":
+            return CUDA_AUTO_ORDER
+        small = input_size is not None and int(input_size[0]) * int(input_size[1]) < CPU_RUNTIME_MIN_PIXELS
+        return tuple(
+            name
+            for name in CPU_AUTO_ORDER
+            if name not in ONNX_BACKENDS or (not small and cpu_runtimes.runtime_installed(name))
+        )
     if backend not in FALLBACK_ORDER:
         raise ConfigError(f"model.backend: expected one of auto, {', '.join(BACKENDS)}, got {backend!r}")
     order = FALLBACK_ORDER[backend]
@@ -136,16 +167,9 @@ def precision_problem(backend: str, precision: str, device: torch.device) -> str
         return "fp16 needs a CUDA device (half-precision convolutions on CPU are slower than fp32)"
     if precision == "int8" and backend != "tensorrt":
         return f"int8 runs only on the tensorrt backend, not {backend}"
+    if precision == "bf16" and backend != "openvino":
+        return f"bf16 runs only on the openvino backend, not {backend}"
     return None
-
-
-def configure_threads(threads: int) -> int:
-    """``torch.set_num_threads(threads)`` when ``threads > 0``; returns the count in effect."""
-    if threads < 0:
-        raise ConfigError(f"model.threads: expected an integer >= 0 (0 = PyTorch's default), got {threads}")
-    if threads:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
 
 
 class FeatureGraph(nn.Module):
@@ -158,6 +182,9 @@ class FeatureGraph(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        # A new module starts in training mode; an exporter that restores the wrapper's mode
+        # after tracing would otherwise put the network into training mode (batch-norm drift).
+        self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         output = self.model.forward_with_features(x)
@@ -270,7 +297,7 @@ def select_backend(model: nn.Module, request: BackendRequest, *, features: bool 
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"model.device: {request.device!r} requested but CUDA is not available")
     allow_fallback = request.fallback or request.backend == "auto"
-    order = candidate_order(request.backend, device, fallback=allow_fallback)
+    order = candidate_order(request.backend, device, fallback=allow_fallback, input_size=request.input_size)
     model = model.to(device).eval()
     skipped: list[tuple[str, str]] = []
     for name in order:
@@ -596,8 +623,45 @@ def _capture_cuda_graph(fn: Graph, example: torch.Tensor) -> Graph:
     return replay
 
 
+def _build_cpu_runtime(runtime: str) -> Callable[[nn.Module, BackendRequest, str, str], tuple[Graph, str | None]]:
+    """Builder of an ONNX runtime backend: the graph exported to ONNX (cached), loaded by ``runtime``."""
+
+    def build(graph: nn.Module, request: BackendRequest, precision: str, outputs: str) -> tuple[Graph, str | None]:
+        if torch.device(request.device).type != "cpu":
+            raise BackendUnavailable(f"{runtime} runs on the CPU here, model.device is {request.device!r}")
+        example = _example(request)
+        try:
+            cpu_runtimes.require(runtime)
+            # One ONNX file serves both runtimes: it is keyed as backend "onnx" at fp32, and the
+            # runtime applies the precision when it compiles the file. Without a cache it is a
+            # temporary file, removed once the runtime has read it.
+            path, status = _cached(
+                graph,
+                request,
+                "onnx",
+                "fp32",
+                outputs,
+                build=lambda: cpu_runtimes.temporary_onnx(graph, example, outputs),
+                save=lambda exported, target: shutil.copyfile(exported, target),
+                load=lambda target: target,
+            )
+            try:
+                runner = cpu_runtimes.build_runner(runtime, path, outputs, precision, torch.get_num_threads())
+            finally:
+                if path.parent.name.startswith(cpu_runtimes.TEMPORARY_PREFIX):
+                    shutil.rmtree(path.parent, ignore_errors=True)
+        except cpu_runtimes.RuntimeUnavailable as error:
+            raise BackendUnavailable(str(error)) from None
+        _warm_up(runner, request, False)
+        return runner, status
+
+    return build
+
+
 _BUILDERS: dict[str, Callable[[nn.Module, BackendRequest, str, str], tuple[Graph, str | None]]] = {
     "eager": _build_eager,
     "compile": _build_compile,
     "tensorrt": _build_tensorrt,
+    "onnxruntime": _build_cpu_runtime("onnxruntime"),
+    "openvino": _build_cpu_runtime("openvino"),
 }
