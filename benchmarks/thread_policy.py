@@ -150,7 +150,10 @@ def main() -> int:
         f"Network {args.model} {args.input_size[0]}x{args.input_size[1]}, {args.neighbours} busy neighbours, "
         f"{args.iterations} samples per condition, interleaved",
         "",
-        *[line.replace("| target p50 | met |", "| target p50 | met | idle p50 vs default |") for line in CONTENTION_HEADER[:1]],
+        *[
+            line.replace("| target p50 | met |", "| target p50 | met | idle p50 vs default |")
+            for line in CONTENTION_HEADER[:1]
+        ],
         CONTENTION_HEADER[1] + " ---: |",
     ]
     for report in reports:
