@@ -171,3 +171,27 @@ def test_openvino_bf16_runs_only_where_the_cpu_has_it():
         with torch.inference_mode():
             agreement = (backend(x).argmax(1) == model(x).argmax(1)).float().mean().item()
         assert agreement > 0.9
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")
+def test_export_command_caches_the_onnx_file_and_reports_agreement_with_eager(tmp_path, capsys):
+    import json
+
+    from anomaly_seg_ros.core.config import load_config
+    from anomaly_seg_ros.core.perception import Perception
+    from anomaly_seg_ros.models import save_checkpoint
+    from anomaly_seg_ros.tools.cli import main
+
+    checkpoint = save_checkpoint(_erfnet(), tmp_path / "net.safetensors", metadata={"input_size": list(SMALL)})
+    argv = ["export", "--checkpoint", str(checkpoint), "--backend", "onnxruntime", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "engines"), "--agreement-frames", "2"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["engine"].endswith(".onnx") and record["status_before"] == "missing"
+    agreement = record["agreement_with_eager_fp32"]
+    assert agreement["frames"] == 2 and agreement["label_agreement"] == 1.0
+    assert 0.0 <= agreement["max_abs_logit_diff"] < 1e-4
+    # The pipeline configured with the same cache loads the file instead of exporting again.
+    overrides = [f"model.weights={checkpoint}", "model.backend=onnxruntime", "alerts.threshold=0"]
+    config = load_config(None, [*overrides, f"model.engine_cache={tmp_path / 'engines'}"])
+    perception = Perception.from_config(config)
+    assert perception.backend_name == "onnxruntime" and perception.backend.cache_status == "hit"

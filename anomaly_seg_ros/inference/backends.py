@@ -159,6 +159,34 @@ def candidate_order(
     return order if fallback else order[:1]
 
 
+def cache_identity(backend: str, precision: str) -> tuple[str, str]:
+    """(backend, precision) under which the engine cache keys ``backend``'s engine.
+
+    The ONNX runtimes share one fp32 ONNX file (backend ``onnx``); they apply the precision
+    when they compile it. Every other backend keys its own engine at its own precision.
+    """
+    return ("onnx", "fp32") if backend in ONNX_BACKENDS else (backend, precision)
+
+
+def agreement_with_eager(backend: InferenceBackend, inputs: Sequence[torch.Tensor]) -> dict[str, float]:
+    """How far ``backend`` is from the eager fp32 network on ``inputs`` (network inputs, on its device).
+
+    Returns the share of equal labels (arg-max) and the largest absolute logit difference, over
+    all inputs: what ``anomaly-seg export`` reports so that a reduced precision (bf16, fp16, int8)
+    is chosen knowing what it changes.
+    """
+    equal = total = 0
+    largest = 0.0
+    with torch.inference_mode():
+        for x in inputs:
+            reference = backend.model(x).float()
+            logits = backend(x)
+            equal += int((logits.argmax(1) == reference.argmax(1)).sum())
+            total += reference[:, 0].numel()
+            largest = max(largest, float((logits - reference).abs().max()))
+    return {"frames": len(inputs), "label_agreement": equal / max(total, 1), "max_abs_logit_diff": largest}
+
+
 def precision_problem(backend: str, precision: str, device: torch.device) -> str | None:
     """Why ``backend`` cannot run ``precision`` on ``device``, or None when it can."""
     if precision not in PRECISIONS:
@@ -638,8 +666,7 @@ def _build_cpu_runtime(runtime: str) -> Callable[[nn.Module, BackendRequest, str
             path, status = _cached(
                 graph,
                 request,
-                "onnx",
-                "fp32",
+                *cache_identity(runtime, precision),
                 outputs,
                 build=lambda: cpu_runtimes.temporary_onnx(graph, example, outputs),
                 save=lambda exported, target: shutil.copyfile(exported, target),
