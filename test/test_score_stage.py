@@ -99,3 +99,15 @@ def test_perception_scores_through_the_stage():
     assert perception.score_stage.scorer is perception.scorer
     # SceneLogits: road maxlogit -10, the flat anomaly square 0 (see conftest).
     assert result.anomaly.max() == pytest.approx(0.0) and result.anomaly.min() == pytest.approx(-10.0)
+
+
+def test_runtime_update_keeps_the_stage_unless_the_scorer_changes():
+    perception = scene_perception()
+    stage = perception.score_stage
+    perception.update({"alerts": {"threshold": -4.0}})
+    assert perception.score_stage is stage  # same formula: a compiled kernel would be kept, not rebuilt
+    perception.update({"scorer": {"name": "energy"}, "alerts": {"threshold": -4.0}})
+    assert perception.score_stage is not stage and perception.score_stage.scorer.name == "energy"
+    frame = np.zeros((64, 128, 3), dtype=np.uint8)
+    result = perception.process(frame, render_color=False, render_overlay=False)
+    assert result.scorer == "energy" and result.anomaly.min() == pytest.approx(-10.0, abs=1e-3)

@@ -132,9 +132,14 @@ class Perception:
         # binds the network and loads a fitted scorer's statistics stored next to the checkpoint
         prepare_scorer(scorer, self.model, checkpoint=config.model.weights, metadata=self.metadata)
         self.scorer: Scorer = scorer
-        #: Scores and labels of a forward pass, compiled into one kernel where that pays (score_stage.py).
-        self.score_stage = ScoreStage(scorer)
-        self._warm_up_score_stage()
+        previous = getattr(self, "score_stage", None)
+        same = previous is not None and type(previous.scorer) is type(scorer)
+        if same and previous.scorer.params == scorer.params and fusable(scorer):
+            previous.scorer = scorer  # the compiled kernel computes the same formula: keep it
+        else:
+            #: Scores and labels of a forward pass, compiled into one kernel where that pays (score_stage.py).
+            self.score_stage = ScoreStage(scorer)
+            self._warm_up_score_stage()
         self.threshold = float(threshold)
         self.heatmap_range = (float(value_range[0]), float(value_range[1]))
         self.config = config
