@@ -48,6 +48,8 @@ def test_compiled_stage_equals_the_formulas_and_the_arg_max(name, temperature, c
     assert labels[0, 0, :4].tolist() == [3, 3, 3, 3]
     np.testing.assert_allclose(scores.numpy(), _direct(name, logits, temperature), rtol=0, atol=2e-6)
     torch.testing.assert_close(scores, scorer(logits), rtol=0, atol=1e-6)
+    if hasattr(type(scorer), "fused_score"):  # the compiler's form of the formula, run eagerly
+        torch.testing.assert_close(type(scorer).fused_score(logits, temperature), scorer(logits), rtol=0, atol=1e-6)
     # Another shape than the one warmed up runs the eager code (no compile on a frame).
     other = _logits(channels_last, (1, 19, 6, 10))
     scores, labels = stage(SegmentationOutput(logits=other))

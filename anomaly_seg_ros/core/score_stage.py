@@ -51,8 +51,13 @@ def fusable(scorer: Scorer) -> bool:
 
 
 def fused_function(scorer: Scorer) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """``logits -> (scores, uint8 labels)`` written as one function for the compiler to fuse."""
-    score, params = type(scorer).score, dict(scorer.params)
+    """``logits -> (scores, uint8 labels)`` written as one function for the compiler to fuse.
+
+    A scorer may give its formula in a compiler-friendly form as ``fused_score`` (MaxEntropy);
+    otherwise its ``score`` is compiled as it is.
+    """
+    score = getattr(type(scorer), "fused_score", type(scorer).score)
+    params = dict(scorer.params)
 
     def scores_and_labels(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return score(logits, **params), logits.argmax(dim=1).to(torch.uint8)
