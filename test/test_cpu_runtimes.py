@@ -195,3 +195,17 @@ def test_export_command_caches_the_onnx_file_and_reports_agreement_with_eager(tm
     config = load_config(None, [*overrides, f"model.engine_cache={tmp_path / 'engines'}"])
     perception = Perception.from_config(config)
     assert perception.backend_name == "onnxruntime" and perception.backend.cache_status == "hit"
+
+
+def test_auto_on_cpu_keeps_the_fastest_candidate_it_timed_and_agrees_with_eager():
+    torch.manual_seed(0)
+    model = TinySegmenter().eval()
+    size = (128, CPU_RUNTIME_MIN_PIXELS // 128)  # large enough for the runtimes to be tried
+    backend = select_backend(model, BackendRequest(backend="auto", input_size=size))
+    installed = [name for name in ("onnxruntime", "openvino") if importlib.util.find_spec(name) is not None]
+    assert sorted(backend.selection) == sorted([*installed, "eager"])
+    assert backend.name == min(backend.selection, key=backend.selection.get)
+    assert "fastest at start-up of" in backend.describe() and backend.cache_status is None
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        torch.testing.assert_close(backend(x), model(x), rtol=0, atol=1e-5)

@@ -7,7 +7,7 @@ returns the first that builds and runs a warm-up pass on this machine:
 ``backend``    order tried (``fallback: true``)      ``fallback: false``
 =============  ===================================  ==================================
 auto, CUDA     tensorrt -> compile -> eager          (auto always falls back)
-auto, CPU      :data:`CPU_AUTO_ORDER` (measured)     (auto always falls back)
+auto, CPU      :data:`CPU_AUTO_ORDER`, the fastest   (auto always falls back)
 tensorrt       tensorrt -> compile -> eager          tensorrt, else ConfigError
 compile        compile -> eager                      compile, else ConfigError
 onnxruntime    onnxruntime -> eager                  onnxruntime, else ConfigError
@@ -34,10 +34,13 @@ when the configured scorer needs features, so a switch to such a scorer at run t
 only case that compiles while running (logged).
 
 **CPU.** ONNX Runtime and OpenVINO (optional extras, inference/cpu_runtimes.py) run the
-network exported to ONNX; ``auto`` on CPU tries them in :data:`CPU_AUTO_ORDER`, the order
-measured by benchmarks/cpu_runtimes.py on this project's 2-core machine (benchmarks/README.md),
-and falls back to eager with channels-last memory format (oneDNN's channels-last
-convolutions, x1.17-1.33 faster than plain eager at 512x1024) when neither is installed.
+network exported to ONNX (one export, shared). ``auto`` on CPU builds every candidate of
+:data:`CPU_AUTO_ORDER` that is installed (and eager with channels-last memory format:
+oneDNN's channels-last convolutions, x1.17-1.33 faster than plain eager at 512x1024), times
+:data:`AUTO_RACE_ROUNDS` interleaved forwards of each at start-up and keeps the fastest:
+which runtime wins depends on the CPU (AVX-512, AMX) and the input size, and on this
+project's 2-core machine ONNX Runtime and OpenVINO were within noise of each other
+(benchmarks/README.md). Below :data:`CPU_RUNTIME_MIN_PIXELS` it runs eager directly.
 torch.compile (Inductor, C++ codegen) ran at x0.78 of plain eager at 256x512 after minutes of
 compilation, so it is tried on CPU only when asked for.
 """
@@ -45,8 +48,11 @@ compilation, so it is tried on CPU only when asked for.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
+import tempfile
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +85,8 @@ FALLBACK_ORDER = {
 ONNX_BACKENDS = ("onnxruntime", "openvino")
 #: Smallest network input (H*W) for which ``auto`` on CPU tries the ONNX runtimes (the demo's 128x256).
 CPU_RUNTIME_MIN_PIXELS = 128 * 256
+#: Timed forwards per candidate when ``auto`` on CPU picks the fastest backend at start-up.
+AUTO_RACE_ROUNDS = 3
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -231,6 +239,8 @@ class InferenceBackend:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     #: Engine cache status when the logits graph was built: hit, missing, stale, corrupt; None = no cache.
     cache_status: str | None = None
+    #: ``auto`` on CPU: median start-up forward (ms) of every candidate that was built; empty otherwise.
+    selection: dict[str, float] = field(default_factory=dict)
     _logits: Graph | None = None
     _features: Graph | None = None
     _channels_last: bool = False
@@ -284,6 +294,10 @@ class InferenceBackend:
             text += ", engine loaded from the cache"
         elif self.cache_status:
             text += f", engine built and cached (was {self.cache_status})"
+        if self.selection:
+            ranked = sorted(self.selection.items(), key=lambda item: item[1])
+            timings = ", ".join(f"{name} {ms:.0f} ms" for name, ms in ranked)
+            text += f"; fastest at start-up of {timings}"
         if self.skipped:
             text += "; skipped " + "; ".join(f"{name}: {reason}" for name, reason in self.skipped)
         return text
@@ -317,6 +331,9 @@ def _with_autocast(fn: Callable[..., Any], device: torch.device, precision: str)
 def select_backend(model: nn.Module, request: BackendRequest, *, features: bool = False) -> InferenceBackend:
     """Build the first backend of the request's order that works here (see the module docstring).
 
+    ``auto`` on CPU with an ONNX runtime installed builds every candidate instead and keeps the
+    fastest on this machine (:func:`_race`): which runtime wins depends on the CPU.
+
     Raises:
         ConfigError: the requested backend or precision cannot run here and
             ``request.fallback`` is off (or nothing in the order works), naming the key and why.
@@ -327,43 +344,84 @@ def select_backend(model: nn.Module, request: BackendRequest, *, features: bool 
     allow_fallback = request.fallback or request.backend == "auto"
     order = candidate_order(request.backend, device, fallback=allow_fallback, input_size=request.input_size)
     model = model.to(device).eval()
+    race = request.backend == "auto" and device.type == "cpu" and len(order) > 1
     skipped: list[tuple[str, str]] = []
-    for name in order:
-        precision = request.precision
-        problem = precision_problem(name, precision, device)
-        if problem is not None:
-            if not allow_fallback:
-                raise ConfigError(f"model.precision: {problem}; set model.fallback=true to run fp32 instead")
-            precision = "fp16" if device.type == "cuda" and precision == "int8" else "fp32"
-            skipped.append(("precision", f"{request.precision} on {name}: {problem}; running {precision}"))
-        graph: nn.Module = FeatureGraph(model) if features else model
-        try:
-            runner, cache_status = _BUILDERS[name](graph, request, precision, "features" if features else "logits")
-        except BackendUnavailable as error:
-            reason = str(error)
-            skipped.append((name, reason))
-            if not allow_fallback:
-                raise ConfigError(
-                    f"model.backend: {name} cannot run here: {reason}; "
-                    f"set model.fallback=true to fall back to {' -> '.join(FALLBACK_ORDER[name][1:]) or 'nothing'}"
-                ) from None
-            LOGGER.warning("backend %s skipped: %s", name, reason)
-            continue
-        backend = InferenceBackend(model, request, name, precision, skipped, cache_status)
-        backend._channels_last = _use_channels_last(name, request)
-        if features:
-            backend._features = runner
-        else:
-            backend._logits = runner
-        if name != order[0] or skipped:
-            LOGGER.warning("backend: running %s", backend.describe())
-        else:
-            LOGGER.info("backend: running %s", backend.describe())
-        return backend
-    raise ConfigError(
-        f"model.backend: none of {', '.join(order)} can run here: "
-        + "; ".join(f"{name}: {reason}" for name, reason in skipped)
-    )
+    built: list[InferenceBackend] = []
+    # The race's ONNX runtimes share one export: a temporary cache when none is configured.
+    shared = tempfile.mkdtemp(prefix=cpu_runtimes.TEMPORARY_PREFIX) if race and not request.engine_cache else None
+    try:
+        for name in order:
+            precision = request.precision
+            problem = precision_problem(name, precision, device)
+            if problem is not None:
+                if not allow_fallback:
+                    raise ConfigError(f"model.precision: {problem}; set model.fallback=true to run fp32 instead")
+                precision = "fp16" if device.type == "cuda" and precision == "int8" else "fp32"
+                skipped.append(("precision", f"{request.precision} on {name}: {problem}; running {precision}"))
+            graph: nn.Module = FeatureGraph(model) if features else model
+            build_request = request
+            if shared is not None and name in ONNX_BACKENDS:
+                build_request = dataclasses.replace(request, engine_cache=shared)
+            try:
+                runner, cache_status = _BUILDERS[name](
+                    graph, build_request, precision, "features" if features else "logits"
+                )
+            except BackendUnavailable as error:
+                reason = str(error)
+                skipped.append((name, reason))
+                if not allow_fallback:
+                    raise ConfigError(
+                        f"model.backend: {name} cannot run here: {reason}; "
+                        f"set model.fallback=true to fall back to {' -> '.join(FALLBACK_ORDER[name][1:]) or 'nothing'}"
+                    ) from None
+                LOGGER.warning("backend %s skipped: %s", name, reason)
+                continue
+            backend = InferenceBackend(
+                model, request, name, precision, skipped, None if build_request is not request else cache_status
+            )
+            backend._channels_last = _use_channels_last(name, request)
+            if features:
+                backend._features = runner
+            else:
+                backend._logits = runner
+            built.append(backend)
+            if not race:
+                break
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+    if not built:
+        raise ConfigError(
+            f"model.backend: none of {', '.join(order)} can run here: "
+            + "; ".join(f"{name}: {reason}" for name, reason in skipped)
+        )
+    backend = _race(built, features) if len(built) > 1 else built[0]
+    if backend.name != order[0] or skipped:
+        LOGGER.warning("backend: running %s", backend.describe())
+    else:
+        LOGGER.info("backend: running %s", backend.describe())
+    return backend
+
+
+def _race(backends: Sequence[InferenceBackend], features: bool) -> InferenceBackend:
+    """The fastest of ``backends`` on this machine: median of :data:`AUTO_RACE_ROUNDS` interleaved forwards.
+
+    One untimed round first (oneDNN and the runtimes set up their kernels on the first call).
+    The winner records every candidate's time (``selection``), which ``describe`` reports.
+    """
+    example = _example(backends[0].request)
+    samples: dict[str, list[float]] = {backend.name: [] for backend in backends}
+    with torch.inference_mode():
+        for round_index in range(1 + AUTO_RACE_ROUNDS):
+            for backend in backends:
+                start = time.perf_counter()
+                backend.forward_with_features(example) if features else backend.forward(example)
+                if round_index:
+                    samples[backend.name].append((time.perf_counter() - start) * 1000.0)
+    medians = {name: float(sorted(times)[len(times) // 2]) for name, times in samples.items()}
+    winner = min(backends, key=lambda backend: medians[backend.name])
+    winner.selection = medians
+    return winner
 
 
 def _use_channels_last(name: str, request: BackendRequest) -> bool:
