@@ -47,6 +47,8 @@ setup(
         "cpu-runtimes": CPU_RUNTIMES,
         # The tests check every installed backend against eager, so CI installs the runtimes too.
         "test": ["pytest>=7", "scikit-learn>=1.3", "ruff>=0.4", *CPU_RUNTIMES],
+        # `anomaly-seg bag --ray ADDRESS`: the driver and every node of the cluster need the same release
+        "ray": ["ray==2.60.0"],
     },
     tests_require=["pytest"],
     zip_safe=True,

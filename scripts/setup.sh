@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install anomaly_seg_ros with its test tools. Idempotent and quiet on re-runs.
+# Create .venv and install anomaly_seg_ros with its test tools (and Ray). Idempotent and quiet on re-runs.
 #
 # torch is installed first and on its own, so that a machine without an NVIDIA GPU gets the
 # CPU build (torch==2.13.0+cpu, ~200 MB) rather than the default Linux wheel with several GB
@@ -28,5 +28,6 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 
-pip_install -e ".[test]"
+# the ray extra too: the test suite starts a local Ray cluster (test/test_parallel_replay.py)
+pip_install -e ".[test,ray]"
 touch "$STAMP"

@@ -105,3 +105,11 @@ def test_two_obstacles_get_distinct_ids():
     by_x = {a.component.bbox[0]: a.track_id for a in second}
     assert by_x[1] == next(a.track_id for a in first if a.component.bbox[0] == 0)
     assert by_x[52] == next(a.track_id for a in first if a.component.bbox[0] == 50)
+
+
+def test_reset_starts_a_new_sequence_numbered_from_one():
+    # a replayed bag's track ids must not depend on the bags the same pipeline replayed before it
+    tracker = AlertTracker(persistence_k=1, persistence_n=1)
+    assert [a.track_id for a in tracker.update([_component(0, 0), _component(50, 50)])] == [1, 2]
+    tracker.reset()
+    assert [a.track_id for a in tracker.update([_component(50, 50)])] == [1]

@@ -172,7 +172,10 @@ class AlertTracker:
             track.history = deque(track.history, maxlen=self.persistence_n)
 
     def reset(self) -> None:
+        """Forget the tracks and number the next sequence's from 1 again: a replayed bag's alerts must not
+        depend on which bags the same pipeline replayed before it."""
         self._tracks.clear()
+        self._next_id = 1
 
     def update(self, components: list[Component]) -> list[Alert]:
         """Feed one frame's components; return the alerts (confirmed tracks seen in this frame)."""

@@ -27,6 +27,8 @@ def save_streaming_metrics(path: Path, metrics: StreamingOODMetrics) -> None:
         "margin": np.array(metrics.margin),
         "out_of_range": np.array(metrics.out_of_range, dtype=np.int64),
     }
+    if metrics.histogram_range is not None:
+        arrays["histogram_range"] = np.array(metrics.histogram_range, dtype=np.float64)
     if metrics.exact:
         buffer = metrics._buffer
         arrays["scores"] = np.concatenate([s for s, _ in buffer]) if buffer else np.zeros(0, np.float32)
@@ -41,7 +43,10 @@ def load_streaming_metrics(path: Path) -> StreamingOODMetrics:
     """The accumulator saved by :func:`save_streaming_metrics`."""
     with np.load(path) as data:
         num_bins, buffer_size = (int(v) for v in data["config"])
-        metrics = StreamingOODMetrics(num_bins=num_bins, buffer_size=buffer_size, margin=float(data["margin"]))
+        planned = tuple(float(v) for v in data["histogram_range"]) if "histogram_range" in data else None
+        metrics = StreamingOODMetrics(
+            num_bins=num_bins, buffer_size=buffer_size, margin=float(data["margin"]), histogram_range=planned
+        )
         if "hist" in data:
             metrics._fix_range(*data["range"])
             metrics._hist[:] = data["hist"]

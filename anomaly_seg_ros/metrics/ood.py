@@ -280,7 +280,11 @@ class StreamingOODMetrics:
 
     Accumulators are combined with ``merge``; two that have both left the buffer must share
     ``num_bins`` and the score range, so give an explicit ``score_range`` to accumulators
-    filled in parallel on large data.
+    filled in parallel on large data. ``histogram_range=(lo, hi)`` is that range fixed in
+    advance but used only once the buffer overflows: exact while the pixels fit, and
+    accumulators filled apart (one per bag, in other processes) merge into exactly the state
+    one accumulator fed all their pixels would have, whatever the order (the histogram of a
+    fixed range does not depend on it, and the buffer overflows iff the total exceeds it).
     """
 
     def __init__(
@@ -289,6 +293,8 @@ class StreamingOODMetrics:
         score_range: tuple[float, float] | None = None,
         buffer_size: int = 4_000_000,
         margin: float = 0.1,
+        *,
+        histogram_range: tuple[float, float] | None = None,
     ) -> None:
         if num_bins < 2:
             raise ValueError(f"num_bins must be >= 2, got {num_bins}")
@@ -305,6 +311,12 @@ class StreamingOODMetrics:
         # Row 0: in-distribution, row 1: anomaly; so that bin * 2 + is_anomaly indexes it.
         self._hist: np.ndarray | None = None
         self._out_of_range = [0, 0]  # below lo, above hi
+        if histogram_range is not None:
+            lo, hi = (float(v) for v in histogram_range)
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+                raise ValueError(f"histogram_range must be finite (lo, hi) with lo < hi, got {histogram_range}")
+            histogram_range = (lo, hi)
+        self.histogram_range: tuple[float, float] | None = histogram_range
         if score_range is not None:
             self._fix_range(*score_range)
 
@@ -348,7 +360,11 @@ class StreamingOODMetrics:
         self._buffered = 0
 
     def _leave_buffer(self) -> None:
-        """Fix the range from the buffered values (widened by ``margin``) and bin them."""
+        """Fix the range (``histogram_range``, else the buffered values widened by ``margin``) and bin them."""
+        if self.histogram_range is not None:
+            self._fix_range(*self.histogram_range)
+            self._flush_buffer()
+            return
         lo = min(float(scores.min()) for scores, _ in self._buffer if scores.size)
         hi = max(float(scores.max()) for scores, _ in self._buffer if scores.size)
         span = hi - lo if hi > lo else max(abs(lo), 1.0)
@@ -377,6 +393,11 @@ class StreamingOODMetrics:
         """
         if other.num_bins != self.num_bins:
             raise ValueError(f"cannot merge: num_bins {self.num_bins} != {other.num_bins}")
+        if None not in (self.histogram_range, other.histogram_range) and self.histogram_range != other.histogram_range:
+            raise ValueError(
+                f"cannot merge: histogram_range {self.histogram_range} != {other.histogram_range}; "
+                "accumulators filled apart need the same one"
+            )
         if other._range is not None:
             if self._range is None:
                 self._fix_range(*other._range)

@@ -129,10 +129,13 @@ def build_document(
     *,
     pixel_metrics: StreamingOODMetrics | None = None,
     component_metrics: Any = None,
+    failures: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
     """The whole report: ``{"bags": [per-bag summary with its frames], "total": aggregate(...)}``.
 
     With one bag and no pooled accumulators given, the bag's own accumulators are the pooled ones.
+    ``failures`` (``{"bag", "output", "error"}`` of bags whose replay failed in a parallel run)
+    are listed as ``"failed_bags"`` and counted in the totals.
     """
     if not reports:
         raise ValueError("no replay reports: expected at least one replayed bag")
@@ -144,6 +147,9 @@ def build_document(
         summary["frame_rows"] = [record.row() for record in report.frame_records]
         bags.append(summary)
     total = aggregate(reports, pixel_metrics=pixel_metrics, component_metrics=component_metrics)
+    if failures:
+        total["failed_bags"] = len(failures)
+        return {"bags": bags, "total": total, "failed_bags": [dict(failure) for failure in failures]}
     return {"bags": bags, "total": total}
 
 
@@ -187,6 +193,8 @@ def markdown_report(document: dict[str, Any], *, plots: bool = True) -> str:
     for bag in bags:
         if bag.get("last_rejection"):
             lines.append(f"- last rejection in {bag['name']}: {bag['last_rejection']}")
+    for failure in document.get("failed_bags", ()):
+        lines.append(f"- FAILED bag {failure['bag']} (not in the totals): {failure['error']}")
 
     if len(bags) > 1:
         lines += [
@@ -370,6 +378,7 @@ def write_bag_report(
     pixel_metrics: StreamingOODMetrics | None = None,
     component_metrics: Any = None,
     plots: bool = True,
+    failures: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
     """Write the report folder of one or several replays; returns the JSON document.
 
@@ -379,7 +388,9 @@ def write_bag_report(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    document = build_document(reports, pixel_metrics=pixel_metrics, component_metrics=component_metrics)
+    document = build_document(
+        reports, pixel_metrics=pixel_metrics, component_metrics=component_metrics, failures=failures
+    )
     (folder / "report.json").write_text(json.dumps(document, indent=1, default=_json_default) + "\n")
     compact = (
         {k: v for k, v in document["bags"][0].items() if k != "frame_rows"} if len(reports) == 1 else document["total"]

@@ -71,6 +71,9 @@ class ReplayOptions:
     camera_pitch_rad: float = 0.0
     #: SMIYC size filters of the component metrics: "obstacle" (RoadObstacle21) or "anomaly".
     component_track: Literal["obstacle", "anomaly"] = "obstacle"
+    #: Histogram range of the pooled pixel metrics of a multi-bag run once its pixels overflow the
+    #: exact buffer (default: :func:`pooled_score_range`).
+    pooled_score_range: tuple[float, float] | None = None
 
 
 @dataclass
@@ -233,6 +236,40 @@ class PooledMetrics:
     pixels: StreamingOODMetrics = field(default_factory=StreamingOODMetrics)
     #: A :class:`~anomaly_seg_ros.metrics.components.ComponentMetrics`, see :func:`new_component_metrics`.
     components: ComponentMetrics | None = None
+
+    def merge(self, other: PooledMetrics) -> PooledMetrics:
+        """Add another bag's accumulators; returns ``self``."""
+        self.pixels.merge(other.pixels)
+        if other.components is not None:
+            if self.components is None:
+                raise ValueError("cannot merge component metrics into pooled metrics that have none")
+            self.components.merge(other.components)
+        return self
+
+
+def pooled_score_range(perception: Perception, options: ReplayOptions) -> tuple[float, float]:
+    """Histogram range of a run's pooled pixel metrics: ``options.pooled_score_range``, else the
+    heatmap range widened by its span on each side.
+
+    Fixed before the first pixel (not learnt from the first bag's pixels) so that bags replayed
+    apart, in other processes or on other machines, merge into exactly the serial run's
+    accumulator. Scores outside it count into the edge bins (``out_of_range`` in the report)
+    and the error bounds still hold.
+    """
+    if options.pooled_score_range is not None:
+        return options.pooled_score_range
+    lo, hi = perception.heatmap_range
+    span = hi - lo if hi > lo else max(abs(lo), 1.0)
+    return (lo - span, hi + span)
+
+
+def new_pooled_metrics(perception: Perception, options: ReplayOptions) -> PooledMetrics:
+    """Empty pooled accumulators of a run: exact while the pixels fit the buffer, binned in
+    :func:`pooled_score_range` beyond it; one bag's merge exactly into another's."""
+    return PooledMetrics(
+        StreamingOODMetrics(histogram_range=pooled_score_range(perception, options)),
+        new_component_metrics(perception.threshold, options.component_track),
+    )
 
 
 def new_component_metrics(threshold: float, track: str) -> ComponentMetrics:
@@ -466,12 +503,15 @@ def replay_bags(
     options = options or ReplayOptions()
     for bag, _ in pairs:  # topic problems surface before the first bag is replayed
         find_topics(bag, options)
-    pooled = PooledMetrics(components=new_component_metrics(perception.threshold, options.component_track))
+    pooled = new_pooled_metrics(perception, options)
     reports = []
     for bag, target in pairs:
         if progress:
             log.info("replaying %s into %s", bag, target)
-        reports.append(replay_bag(bag, target, perception, options, progress=progress, pooled=pooled))
+        # accumulated per bag and merged in bag order, as a parallel run does: the two agree exactly
+        contribution = new_pooled_metrics(perception, options)
+        reports.append(replay_bag(bag, target, perception, options, progress=progress, pooled=contribution))
+        pooled.merge(contribution)
     return MultiReplay(reports, pooled)
 
 

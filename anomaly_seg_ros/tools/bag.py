@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.core.config import load_config
 from anomaly_seg_ros.core.perception import Perception
+from anomaly_seg_ros.replay.parallel import make_jobs, replay_parallel
 from anomaly_seg_ros.replay.report import markdown_report, write_bag_report
 from anomaly_seg_ros.replay.runner import ReplayOptions, plan_outputs, replay_bags
 
@@ -49,6 +51,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. alerts.threshold=0.5"
     )
+    parser.add_argument(
+        "--score-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="histogram range of the pooled pixel metrics once they outgrow the exact buffer "
+        "(default: the heatmap range widened by its span on each side)",
+    )
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--workers", type=int, help="replay the bags in N parallel processes (one bag per task)")
+    scale.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="replay one Ray task per bag on the cluster at ADDRESS (e.g. 10.0.0.1:6379 or auto); "
+        "needs the ray extra, paths visible to every node",
+    )
+    parser.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs Ray reserves for each bag task")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots in the report (faster)")
     parser.set_defaults(run=run)
@@ -57,7 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"model.weights={args.weights}"] if args.weights else [])
     config = load_config(args.config, overrides)
-    perception = Perception.from_config(config)
+    _check_scale(args)
     options = ReplayOptions(
         topic=args.topic,
         gt_topic=args.gt_topic,
@@ -66,9 +85,27 @@ def run(args: argparse.Namespace) -> int:
         camera_height_m=args.camera_height,
         camera_pitch_rad=args.camera_pitch,
         component_track=args.component_track,
+        pooled_score_range=tuple(args.score_range) if args.score_range else None,
     )
     pairs = plan_outputs(args.bag, args.out)
-    replayed = replay_bags(pairs, perception, options, progress=not args.no_progress)
+    failures: list[dict[str, str]] = []
+    if args.workers is not None or args.ray is not None:
+        jobs = make_jobs(pairs, args.config, overrides, options)
+        replayed = replay_parallel(
+            jobs,
+            workers=args.workers,
+            ray_address=args.ray,
+            cpus_per_task=args.cpus_per_task,
+            progress=not args.no_progress,
+        )
+        failures = replayed.failures
+        if not replayed.reports:
+            for failure in failures:
+                print(f"FAILED {failure['bag']}: {failure['error']}")
+            print("no bag was replayed; no report written")
+            return 1
+    else:
+        replayed = replay_bags(pairs, Perception.from_config(config), options, progress=not args.no_progress)
     folder = Path(args.report or f"{args.out.rstrip('/')}_report")
     pooled = replayed.pooled if len(pairs) > 1 else None  # one bag: its own accumulators are the pooled ones
     document = write_bag_report(
@@ -77,7 +114,18 @@ def run(args: argparse.Namespace) -> int:
         pixel_metrics=pooled.pixels if pooled else None,
         component_metrics=pooled.components if pooled else None,
         plots=not args.no_plots,
+        failures=failures,
     )
     print(markdown_report(document, plots=not args.no_plots), end="")
     print(f"report written to {folder}")
-    return 0
+    return 1 if failures else 0
+
+
+def _check_scale(args: argparse.Namespace) -> None:
+    """Refuse a pointless scale setting before anything is replayed."""
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers: expected a number of processes >= 1, got {args.workers}")
+    if args.cpus_per_task <= 0:
+        raise ConfigError(f"--cpus-per-task: expected a number of CPUs > 0, got {args.cpus_per_task}")
+    if args.score_range and not args.score_range[0] < args.score_range[1]:
+        raise ConfigError(f"--score-range: expected LO < HI, got {args.score_range[0]} {args.score_range[1]}")
