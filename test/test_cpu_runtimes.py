@@ -209,3 +209,27 @@ def test_auto_on_cpu_keeps_the_fastest_candidate_it_timed_and_agrees_with_eager(
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
         torch.testing.assert_close(backend(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_peer_benchmark_script_measures_every_backend_and_rewrites_only_its_readme_block(tmp_path):
+    import importlib.util as util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_runtimes.py"
+    spec = util.spec_from_file_location("cpu_runtimes_benchmark", path)
+    script = util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    result = script.measure((16, 32), rounds=3, warmup=0, model_name="erfnet")
+    installed = [name for name in ("onnxruntime", "openvino") if importlib.util.find_spec(name) is not None]
+    assert list(result["backends"]) == ["eager (plain, fp32)", "auto", "eager", *installed]
+    for entry in result["backends"].values():
+        assert entry["max_abs_logit_diff"] < 1e-4 and entry["label_agreement"] == 1.0
+    plain = result["backends"]["eager (plain, fp32)"]["p50"]
+    auto = result["backends"]["auto"]
+    assert auto["vs_eager"] == pytest.approx(auto["p50"] / plain)
+    fastest = result["backends"][result["fastest"]]
+    assert result["fastest"] != "auto" and result["auto_over_fastest"] == pytest.approx(auto["p50"] / fastest["p50"])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{script.MARKERS[0]}\nold\n{script.MARKERS[1]}\noutro\n", encoding="utf-8")
+    script.write_readme(readme, "new table\n")
+    assert readme.read_text() == f"intro\n{script.MARKERS[0]}\nnew table\n{script.MARKERS[1]}\noutro\n"
