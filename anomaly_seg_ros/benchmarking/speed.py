@@ -9,7 +9,11 @@ Measures in one run, on the same frames and the same process:
   conversion (``convert``: a bgr8 ``sensor_msgs/Image`` to the RGB frame) timed on its own;
 * **stages**: convert, upload, preprocess, forward, score, postprocess, download, alerts, render;
 * **scorers**: each scorer's own time on the output it reads, and its share of the plain forward
-  (see "Scorer cost" below).
+  (see "Scorer cost" below); logit scorers are timed as the pipeline's score stage (scores and
+  labels, compiled at start-up where the pipeline compiles, core/score_stage.py), next to the
+  same work unfused in eager PyTorch;
+* **contention** (``--contention N``): the forward alternately without and with N busy
+  neighbour processes (benchmarking/contention.py).
 
 Every figure is a percentile over ``--iterations`` warm iterations after ``--warmup``
 untimed ones. Peak memory: host RSS high-water mark (``VmHWM`` of /proc/self/status) and
