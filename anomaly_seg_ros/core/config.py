@@ -42,12 +42,12 @@ class ModelConfig:
     #: Torch device: cpu, cuda or cuda:N.
     device: str = "cpu"
     #: Inference backend: auto (the fastest available on the device: tensorrt, then compile on
-    #: CUDA; eager on CPU, measured fastest there), tensorrt (Torch-TensorRT), compile
-    #: (torch.compile) or eager PyTorch.
-    backend: Literal["auto", "tensorrt", "compile", "eager"] = "auto"
-    #: Arithmetic precision of the network: fp32, fp16 (CUDA only) or int8 (TensorRT only,
-    #: calibrated on int8_calibration images).
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    #: CUDA; on CPU onnxruntime, then openvino when installed, else eager; measured), tensorrt
+    #: (Torch-TensorRT), compile (torch.compile), onnxruntime, openvino or eager PyTorch.
+    backend: Literal["auto", "tensorrt", "compile", "onnxruntime", "openvino", "eager"] = "auto"
+    #: Arithmetic precision of the network: fp32, fp16 (CUDA only), bf16 (OpenVINO on a CPU
+    #: with BF16) or int8 (TensorRT only, calibrated on int8_calibration images).
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     #: When the requested backend or precision cannot run here, fall back along
     #: tensorrt -> compile -> eager (and to fp32) with a logged reason instead of failing.
     fallback: bool = True
@@ -55,7 +55,8 @@ class ModelConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     #: Replay the fixed-shape forward as a CUDA graph (CUDA only; eager and compile backends).
     cuda_graphs: bool = False
-    #: CPU threads of PyTorch (torch.set_num_threads); 0 = leave PyTorch's default.
+    #: CPU intra-op threads (torch, ONNX Runtime, OpenVINO); 0 = the thread policy's default
+    #: (OMP_NUM_THREADS, else every available core; inference/threads.py).
     threads: int = 0
     #: Folder of compiled engines (see `anomaly-seg export`); null = compile at every start.
     engine_cache: str | None = None
@@ -86,9 +87,7 @@ class ModelConfig:
             "'cpu', 'cuda' or 'cuda:N'",
             self.device,
         )
-        _check(
-            0 <= self.threads <= 1024, prefix, "threads", "an integer in 0..1024 (0 = PyTorch's default)", self.threads
-        )
+        _check(0 <= self.threads <= 1024, prefix, "threads", "an integer in 0..1024 (0 = all cores)", self.threads)
         _check(
             self.int8_calibration_images >= 1,
             prefix,

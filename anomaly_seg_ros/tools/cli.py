@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from anomaly_seg_ros.common.errors import AnomalySegError
+from anomaly_seg_ros.inference.threads import apply_wait_policy
 
 SUBCOMMANDS: tuple[str, ...] = (
     "synth",
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before any subcommand imports torch: OpenMP reads its wait policy once, when it loads.
+    apply_wait_policy()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # name the subcommand's usage, not the top level's (argparse's default)
