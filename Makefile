@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean eval-real
 
 setup:
 	@./scripts/setup.sh
@@ -14,6 +14,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The evaluation grid on the real benchmark data beside the clone (../shared/realdata): docs/real_benchmarks.md
+# (one thread: on a busy machine the flow fit's small ops stall behind a second, waiting thread)
+eval-real: setup
+	OMP_NUM_THREADS=1 $(PY) benchmarks/real_data.py --realdata ../shared/realdata
 
 lint: setup
 	$(VENV)/bin/ruff check anomaly_seg_ros test launch

@@ -10,6 +10,7 @@ from glob import glob
 from setuptools import find_packages, setup
 
 PACKAGE = "anomaly_seg_ros"
+CPU_RUNTIMES = ["onnxruntime>=1.20,<2", "openvino>=2025.0,<2027", "onnx>=1.17,<2", "onnxscript>=0.2,<1"]
 
 setup(
     name=PACKAGE,
@@ -41,7 +42,11 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn>=1.3", "ruff>=0.4"],
+        # ONNX Runtime and OpenVINO backends (model.backend: auto on CPU picks them when installed).
+        # Tested with onnxruntime 1.32.0, openvino 2026.4.1, onnx 1.23.2, onnxscript 0.7.2.
+        "cpu-runtimes": CPU_RUNTIMES,
+        # The tests check every installed backend against eager, so CI installs the runtimes too.
+        "test": ["pytest>=7", "scikit-learn>=1.3", "ruff>=0.4", *CPU_RUNTIMES],
         # `anomaly-seg bag --ray ADDRESS`: the driver and every node of the cluster need the same release
         "ray": ["ray==2.60.0"],
     },

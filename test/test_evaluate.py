@@ -345,3 +345,43 @@ def test_scorer_specs_take_list_values_split_on_top_level_commas_only():
     ):
         with pytest.raises(ConfigError, match=words):
             parse_scorer_spec(text)
+
+
+def test_miou_of_a_void_class_model_averages_the_19_classes_only(assets, tmp_path):
+    """A 20-class model's void predictions are misses of the true class; void itself is no class
+    (the ground truth has none), as in the Cityscapes benchmark and the seed's iouEval."""
+    torch.manual_seed(1)
+    model = build_model("erfnet", num_classes=20)
+    image, _ = CityscapesDataset(assets["cityscapes"], "val")[0]
+    with torch.no_grad():  # void wins on about half the pixels, as with a trained void class
+        logits = model.eval()(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
+        margin = logits[:, :19].amax(1) - logits[:, 19]
+        model.decoder.output_conv.bias[19] += margin.median()
+    checkpoint = save_checkpoint(model, tmp_path / "void.safetensors", metadata={"input_size": list(SIZE)})
+    out = tmp_path / "grid"
+    args = ["evaluate", "--checkpoint", str(checkpoint), "--scorer", "msp", "--out", str(out), "--no-progress"]
+    assert main([*args, "--segmentation", str(assets["cityscapes"]), "--no-plots"]) == 0
+    segmentation = next(iter(json.loads((out / "results.json").read_text())["checkpoints"].values()))["segmentation"]
+
+    perception = Perception.from_config(load_config(None, [f"model.weights={checkpoint}", "alerts.threshold=0"]))
+    predictions, truths = [], []
+    for image, truth in CityscapesDataset(assets["cityscapes"], "val"):
+        predictions.append(perception.infer(image)[0].logits.argmax(1)[0].numpy()[truth != 255])
+        truths.append(truth[truth != 255])
+    matrix = confusion_matrix(np.concatenate(truths), np.concatenate(predictions), labels=range(20))
+    assert matrix[:19, 19].sum() > 0  # the case at issue: void is predicted
+    union = matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
+    scored = union[:19] > 0
+    miou = np.mean(np.diag(matrix)[:19][scored] / union[:19][scored])
+    assert segmentation["miou"] == pytest.approx(miou, abs=1e-12)
+    assert len(segmentation["iou"]) == 19 and segmentation["void_predicted"] == int(matrix[:19, 19].sum())
+
+
+def test_auto_datasets_are_named_by_the_kind_found(assets, tmp_path):
+    root = tmp_path / "fs_static_val"  # the Fishyscapes layout and folder name
+    (root / "images").mkdir(parents=True)
+    (root / "labels_masks").mkdir()
+    spec = parse_dataset_spec(f"auto:{root}")
+    assert (spec.kind, spec.title) == ("fs_static", "FS Static")
+    synthetic = parse_dataset_spec(f"auto:{assets['synth'] / 'anomaly'}")
+    assert (synthetic.kind, synthetic.title) == ("synthetic", "Synthetic")

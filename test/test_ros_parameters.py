@@ -42,7 +42,7 @@ def test_defaults_decode_to_the_schema_defaults():
     assert config_from_parameters(defaults) == load_config()
     # Typed-but-unset parameters (empty-array defaults) decode to the same defaults.
     unset = {spec.name: None for spec in parameter_specs() if spec.declared_unset}
-    assert set(unset) == {"model.input_size", "alerts.roi_polygon", "render.heatmap_range"}
+    assert set(unset) == {"model.input_size", "model.mean", "model.std", "alerts.roi_polygon", "render.heatmap_range"}
     assert config_from_parameters(unset) == PerceptionConfig()
 
 

@@ -9,7 +9,11 @@ Measures in one run, on the same frames and the same process:
   conversion (``convert``: a bgr8 ``sensor_msgs/Image`` to the RGB frame) timed on its own;
 * **stages**: convert, upload, preprocess, forward, score, postprocess, download, alerts, render;
 * **scorers**: each scorer's own time on the output it reads, and its share of the plain forward
-  (see "Scorer cost" below).
+  (see "Scorer cost" below); logit scorers are timed as the pipeline's score stage (scores and
+  labels, compiled at start-up where the pipeline compiles, core/score_stage.py), next to the
+  same work unfused in eager PyTorch;
+* **contention** (``--contention N``): the forward alternately without and with N busy
+  neighbour processes (benchmarking/contention.py).
 
 Every figure is a percentile over ``--iterations`` warm iterations after ``--warmup``
 untimed ones. Peak memory: host RSS high-water mark (``VmHWM`` of /proc/self/status) and
@@ -45,11 +49,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from anomaly_seg_ros.benchmarking.contention import CONTENTION_HEADER, contention_markdown, measure_contention
 from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.core.config import load_config, replace_config
 from anomaly_seg_ros.core.perception import Perception
+from anomaly_seg_ros.core.score_stage import ScoreStage, fusable
 from anomaly_seg_ros.evaluation.grid import ScorerSpec, parse_scorer_spec
-from anomaly_seg_ros.inference.preprocess import frame_to_tensor, normalize_images
+from anomaly_seg_ros.inference.preprocess import frame_to_tensor, labels_from_logits, normalize_images
+from anomaly_seg_ros.inference.threads import wait_policy
 from anomaly_seg_ros.models import build_model, load_model
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 from anomaly_seg_ros.scoring import Scorer, get_scorer, prepare_scorer
@@ -227,8 +234,15 @@ def benchmark(
     iterations: int = 20,
     warmup: int = 3,
     render: bool = False,
+    contention: int = 0,
+    full_call: bool = True,
 ) -> dict[str, Any]:
-    """Run every measurement (see the module docstring); returns the report as a JSON-able dict."""
+    """Run every measurement (see the module docstring); returns the report as a JSON-able dict.
+
+    ``contention`` > 0 adds the backend's forward timed alternately without and with that many
+    busy neighbour processes (benchmarking/contention.py); ``full_call=False`` skips the
+    full-call measurements at the frame sizes.
+    """
     specs = [parse_scorer_spec(spec) if isinstance(spec, str) else spec for spec in scorers]
     if not specs:
         raise ConfigError("benchmark: give at least one scorer")
@@ -260,7 +274,7 @@ def benchmark(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     network_size = perception.input_size
-    frame_sizes = list(frame_sizes or [network_size])
+    frame_sizes = list(frame_sizes or [network_size]) if full_call else []
     report: dict[str, Any] = {
         "machine": machine_info(device),
         "model": model_name,
@@ -274,6 +288,7 @@ def benchmark(
         "warmup": warmup,
         "render": render,
         "pipeline_scorer": pipeline_spec.key,
+        "thread_policy": {"threads": perception.threads, "omp_wait_policy": wait_policy()},
         "results": [],
     }
 
@@ -305,21 +320,34 @@ def benchmark(
             featured = perception.backend.forward_with_features(example)
             featured.inputs = example
 
+        # Logit scorers run as the pipeline's score stage does: fused with the label arg-max
+        # and compiled (at this shape and layout, before timing) where the pipeline compiles.
+        stages = {key: ScoreStage(scorer) for key, (scorer, _) in prepared.items() if fusable(scorer)}
+        for stage in stages.values():
+            stage.warm_up(plain.logits)
+        scorer_calls: dict[str, Callable[[], Any]] = {}
+        for key, (scorer, _) in prepared.items():
+            if key in stages:
+                scorer_calls[key] = lambda stage=stages[key]: stage(plain)
+            else:
+                scorer_calls[key] = lambda s=scorer: s(featured if s.requires_features else plain)
+        # The same work unfused and uncompiled (the scorer's eager code, then the label arg-max), in
+        # the same loop, for the speed-up of the compiled stage.
+        for key in [key for key, stage in stages.items() if stage.compiled]:
+            scorer_calls[f"{key} (eager)"] = lambda s=prepared[key][0]: (s(plain), labels_from_logits(plain.logits))
+
         def one(fn: Callable[[], Any]) -> list[float]:
             return time_calls(fn, iterations=1, warmup=0, device=device)
 
         # One loop, every measurement in turn: plain forward, eager forward, features path and
         # each scorer see the same machine load, so their ratios hold on a busy machine too.
         bare, eager, features_ms = [], [], []
-        scorer_samples: dict[str, list[float]] = {key: [] for key in prepared}
+        scorer_samples: dict[str, list[float]] = {key: [] for key in scorer_calls}
         for index in range(warmup + iterations):
             timed_bare = one(lambda: perception.backend(example))
             timed_eager = one(lambda: reference_model(example))
             timed_features = one(lambda: perception.backend.forward_with_features(example)) if with_features else []
-            timed_scorers = {
-                key: one(lambda s=scorer: s(featured if s.requires_features else plain))
-                for key, (scorer, _) in prepared.items()
-            }
+            timed_scorers = {key: one(lambda run=run: run()) for key, run in scorer_calls.items()}
             if index >= warmup:
                 bare += timed_bare
                 eager += timed_eager
@@ -343,6 +371,10 @@ def benchmark(
             **times,
             "name": spec.name,
             "input": "features path" if scorer.requires_features else "plain forward",
+            "score_stage": stages[spec.key].describe() if spec.key in stages else None,
+            "eager_stage_ms": percentiles(scorer_samples[f"{spec.key} (eager)"])
+            if f"{spec.key} (eager)" in scorer_samples
+            else None,
             "ratio_to_forward": ratio,
             "target": target,
             "meets_target": None if target is None else bool(ratio <= target),
@@ -354,6 +386,15 @@ def benchmark(
             extra_ms = times["p50"] + report["features_forward_ms"]["p50"] - forward_p50
             entry["extra_with_features_path"] = extra_ms / forward_p50
         report["scorers"][spec.key] = entry
+    if contention:
+        with torch.inference_mode():
+            report["contention"] = measure_contention(
+                lambda: time_calls(lambda: perception.backend(example), iterations=1, warmup=0, device=device),
+                neighbours=contention,
+                threads=perception.threads,
+                iterations=iterations,
+                warmup=warmup,
+            )
     if auto_threshold:
         # Random weights have no calibrated threshold: take the score exceeded by 0.1 % of the
         # pixels of a warm-up frame, as training's calibration does on road pixels.
@@ -431,6 +472,16 @@ def scorer_markdown(report: dict[str, Any]) -> list[str]:
         )
         if entry.get("fit"):
             notes.append(f"{key}: {entry['fit']}")
+        if entry.get("score_stage"):
+            note = f"{key}: timed as the pipeline's score stage: {entry['score_stage']}"
+            if entry.get("eager_stage_ms"):
+                eager_p50 = entry["eager_stage_ms"]["p50"]
+                note += (
+                    f"; the same unfused in eager PyTorch (scorer, then arg-max) p50 {eager_p50:.1f} ms, "
+                    f"{100 * eager_p50 / forward:.1f} % of the forward, "
+                    f"x{eager_p50 / entry['p50']:.1f} the compiled stage"
+                )
+            notes.append(note)
         if entry.get("no_target_reason"):
             notes.append(f"{key}: no target ({entry['no_target_reason']})")
         if "extra_with_features_path" in entry:
@@ -501,6 +552,17 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += ["", f"Speed-up of {report['backend']} over plain eager (p50): x{report['speedup_over_eager']:.2f}", ""]
     lines += scorer_markdown(report)
+    if "contention" in report:
+        policy = report["thread_policy"]
+        lines += [
+            f"Contention: {report['contention']['neighbours']} busy neighbour processes, paused and resumed "
+            f"around alternate samples ({report['contention']['iterations']} each); OMP_WAIT_POLICY="
+            f"{policy['omp_wait_policy']}",
+            "",
+            *CONTENTION_HEADER,
+            *contention_markdown(report["contention"], f"bare forward ({report['backend']})"),
+            "",
+        ]
     for result in report["results"]:
         full = result["full_call_ms"]
         height, width = result["frame_size"]

@@ -9,6 +9,7 @@ out-of-range values raise :class:`ConfigError` naming the dotted key and what wa
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -34,15 +35,19 @@ class ModelConfig:
     #: Network input (height, width); frames of any size are resized to it. Null: the
     #: checkpoint's recorded input size.
     input_size: tuple[int, int] | None = None
+    #: Input normalisation, RGB on the 0..1 scale: (x - mean) / std. Null: the checkpoint's
+    #: recorded values (a bare .pth state_dict records none: the model's registry defaults).
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     #: Torch device: cpu, cuda or cuda:N.
     device: str = "cpu"
     #: Inference backend: auto (the fastest available on the device: tensorrt, then compile on
-    #: CUDA; eager on CPU, measured fastest there), tensorrt (Torch-TensorRT), compile
-    #: (torch.compile) or eager PyTorch.
-    backend: Literal["auto", "tensorrt", "compile", "eager"] = "auto"
-    #: Arithmetic precision of the network: fp32, fp16 (CUDA only) or int8 (TensorRT only,
-    #: calibrated on int8_calibration images).
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    #: CUDA; on CPU onnxruntime, then openvino when installed, else eager; measured), tensorrt
+    #: (Torch-TensorRT), compile (torch.compile), onnxruntime, openvino or eager PyTorch.
+    backend: Literal["auto", "tensorrt", "compile", "onnxruntime", "openvino", "eager"] = "auto"
+    #: Arithmetic precision of the network: fp32, fp16 (CUDA only), bf16 (OpenVINO on a CPU
+    #: with BF16) or int8 (TensorRT only, calibrated on int8_calibration images).
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     #: When the requested backend or precision cannot run here, fall back along
     #: tensorrt -> compile -> eager (and to fp32) with a logged reason instead of failing.
     fallback: bool = True
@@ -50,7 +55,8 @@ class ModelConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     #: Replay the fixed-shape forward as a CUDA graph (CUDA only; eager and compile backends).
     cuda_graphs: bool = False
-    #: CPU threads of PyTorch (torch.set_num_threads); 0 = leave PyTorch's default.
+    #: CPU intra-op threads (torch, ONNX Runtime, OpenVINO); 0 = the thread policy's default
+    #: (OMP_NUM_THREADS, else every available core; inference/threads.py).
     threads: int = 0
     #: Folder of compiled engines (see `anomaly-seg export`); null = compile at every start.
     engine_cache: str | None = None
@@ -72,6 +78,8 @@ class ModelConfig:
                 "[height, width], both positive multiples of 8",
                 list(self.input_size),
             )
+        if self.std is not None:
+            _check(all(v > 0 for v in self.std), prefix, "std", "3 positive numbers", list(self.std))
         _check(
             self.device == "cpu" or self.device.startswith("cuda"),
             prefix,
@@ -79,9 +87,7 @@ class ModelConfig:
             "'cpu', 'cuda' or 'cuda:N'",
             self.device,
         )
-        _check(
-            0 <= self.threads <= 1024, prefix, "threads", "an integer in 0..1024 (0 = PyTorch's default)", self.threads
-        )
+        _check(0 <= self.threads <= 1024, prefix, "threads", "an integer in 0..1024 (0 = all cores)", self.threads)
         _check(
             self.int8_calibration_images >= 1,
             prefix,
@@ -261,8 +267,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        # nan and inf would pass every range check (all comparisons with nan are False) and
+        # fail only on the first frame; no setting has a use for them
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -303,7 +311,12 @@ def parse_override(text: str) -> dict[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. alerts.threshold=0.5")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"override {text!r}: the value of {key.strip()} is not valid YAML ({_yaml_problem(error)})"
+        ) from None
     tree: dict[str, Any] = {}
     node = tree
     parts = key.strip().split(".")
@@ -313,15 +326,28 @@ def parse_override(text: str) -> dict[str, Any]:
     return tree
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line from a PyYAML error: the problem and where it is (its str() spans several lines)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """The top-level mapping of the YAML file ``path``; errors name the file (as ``what PATH``)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; expected a YAML file")
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {error.start}); expected a UTF-8 YAML file") from None
+    except OSError as error:
+        raise ConfigError(f"{what} {path} cannot be read: {error.strerror or error}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{what} {path} is not valid YAML: {error}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {_yaml_problem(error)}") from None
     if loaded is not None and not isinstance(loaded, Mapping):
         raise ConfigError(f"{what} {path}: expected a mapping at the top level, got {type(loaded).__name__}")
     return dict(loaded or {})

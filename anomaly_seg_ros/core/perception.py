@@ -21,16 +21,17 @@ from torch import nn
 from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.core import alerts as alerting
 from anomaly_seg_ros.core.config import PerceptionConfig, replace_config
+from anomaly_seg_ros.core.score_stage import COMPILE_MIN_ELEMENTS, ScoreStage, fusable
 from anomaly_seg_ros.core.visualization import colorize, overlay
-from anomaly_seg_ros.inference.backends import BackendRequest, InferenceBackend, configure_threads, select_backend
+from anomaly_seg_ros.inference.backends import BackendRequest, InferenceBackend, select_backend
 from anomaly_seg_ros.inference.preprocess import (
     FrameTransfer,
     check_frame,
     frame_labels,
     frame_scores,
-    labels_from_logits,
     normalize_images,
 )
+from anomaly_seg_ros.inference.threads import configure_threads
 from anomaly_seg_ros.models import load_model, model_defaults
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 from anomaly_seg_ros.scoring import Scorer, get_scorer, prepare_scorer
@@ -66,8 +67,8 @@ class Perception:
         self.input_size: tuple[int, int] = tuple(
             config.model.input_size or self.metadata.get("input_size") or defaults["input_size"]
         )
-        self.mean = tuple(self.metadata.get("mean") or defaults["mean"])
-        self.std = tuple(self.metadata.get("std") or defaults["std"])
+        self.mean = tuple(config.model.mean or self.metadata.get("mean") or defaults["mean"])
+        self.std = tuple(config.model.std or self.metadata.get("std") or defaults["std"])
         self.threads = configure_threads(config.model.threads)
         self.model = model.to(self.device).eval()
         request = BackendRequest.from_config(config.model, input_size=self.input_size, mean=self.mean, std=self.std)
@@ -131,9 +132,28 @@ class Perception:
         # binds the network and loads a fitted scorer's statistics stored next to the checkpoint
         prepare_scorer(scorer, self.model, checkpoint=config.model.weights, metadata=self.metadata)
         self.scorer: Scorer = scorer
+        previous = getattr(self, "score_stage", None)
+        same = previous is not None and type(previous.scorer) is type(scorer)
+        if same and previous.scorer.params == scorer.params and fusable(scorer):
+            previous.scorer = scorer  # the compiled kernel computes the same formula: keep it
+        else:
+            #: Scores and labels of a forward pass, compiled into one kernel where that pays (score_stage.py).
+            self.score_stage = ScoreStage(scorer)
+            self._warm_up_score_stage()
         self.threshold = float(threshold)
         self.heatmap_range = (float(value_range[0]), float(value_range[1]))
         self.config = config
+
+    def _warm_up_score_stage(self) -> None:
+        """Compile the score stage now for the logits the backend returns, not on the first frame."""
+        classes = int(getattr(self.model, "num_classes", 2))
+        expected = classes * self.input_size[0] * self.input_size[1]
+        if not fusable(self.scorer) or (self.device.type != "cuda" and expected < COMPILE_MIN_ELEMENTS):
+            return
+        with torch.inference_mode():
+            dummy = torch.zeros((1, 3, *self.input_size), device=self.device)
+            logits = self.backend(dummy)
+        self.score_stage.warm_up(logits)
 
     def update(self, overrides: Mapping[str, Any]) -> PerceptionConfig:
         """Change scorer, alert or render settings without reloading the model.
@@ -188,8 +208,7 @@ class Perception:
         with timer("forward"):
             output = self._run_model(network_input, self.scorer.requires_features)
         with timer("score"):
-            scores = self.scorer(output)
-            labels = labels_from_logits(output.logits)
+            scores, labels = self.score_stage(output)
         # Resize on the device and bring back only the published maps: uint8 labels and the
         # heatmap; the label copy overlaps the score resize on CUDA (see FrameTransfer).
         with timer("postprocess"):

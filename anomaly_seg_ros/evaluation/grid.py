@@ -34,7 +34,7 @@ import yaml
 from tqdm import tqdm
 
 from anomaly_seg_ros.common.errors import AnomalySegError, ConfigError, DatasetError
-from anomaly_seg_ros.common.labels import IGNORE_INDEX, class_names
+from anomaly_seg_ros.common.labels import IGNORE_INDEX, NUM_CITYSCAPES_CLASSES, class_names
 from anomaly_seg_ros.core.config import load_config
 from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.data.datasets import AnomalyDataset, CityscapesDataset
@@ -50,7 +50,7 @@ from anomaly_seg_ros.metrics import ConfusionMatrix, StreamingOODMetrics
 from anomaly_seg_ros.scoring import Scorer, get_scorer
 
 #: Version of the cell files; a cell written by another version is recomputed.
-CELL_VERSION = 1
+CELL_VERSION = 2  # 2: mIoU over the 19 trainIds, without a void class
 #: Spellings of the temperature parameter in a scorer spec (``msp@T=0.5``).
 TEMPERATURE_KEYS = ("T", "t", "temperature")
 #: Temperature value that means "the checkpoint's calibrated temperature".
@@ -145,6 +145,17 @@ def evaluate_segmentation(
     if confusion is None:
         raise ValueError("evaluate_segmentation needs a non-empty dataset")
     return confusion
+
+
+def scored_classes(num_classes: int) -> int:
+    """Classes that mIoU averages: the 19 Cityscapes trainIds, never a 20-class model's void class.
+
+    The ground truth has no void label (its unlabelled pixels are ignore, 255), so void's IoU
+    would be 0 whenever void is predicted and pull the mean down; the Cityscapes benchmark and
+    the seed's code (``iouEval`` with ``ignoreIndex=19``) average the 19 classes. A pixel of
+    class c predicted as void still counts as a miss (false negative) of c.
+    """
+    return min(num_classes, NUM_CITYSCAPES_CLASSES)
 
 
 # -- what to evaluate ---------------------------------------------------------------------
@@ -329,12 +340,19 @@ class DatasetSpec:
 
 
 def parse_dataset_spec(text: str) -> DatasetSpec:
-    """``KIND:ROOT`` -> :class:`DatasetSpec`; the root must be an existing folder."""
+    """``KIND:ROOT`` -> :class:`DatasetSpec`; the root must be an existing folder.
+
+    ``auto:ROOT`` is resolved here to the kind found on disk, so tables and cells name it.
+    """
     kind, sep, root = text.partition(":")
     if not sep or not kind or not root:
         raise ConfigError(f"--dataset {text!r}: expected KIND:ROOT, e.g. synthetic:/tmp/synth")
     if not Path(root).is_dir():
         raise ConfigError(f"--dataset {text!r}: {root} is not a folder")
+    if kind == "auto":
+        from anomaly_seg_ros.data.benchmarks import detect_kind
+
+        kind = detect_kind(Path(root))
     return DatasetSpec(kind, Path(root))
 
 
@@ -689,12 +707,15 @@ def _segmentation_cell(perception: Perception, checkpoint: Path, options: GridOp
         calibration = {}
     confusion = evaluate_segmentation(perception, dataset, progress=options.progress, calibration=calibration)
     write_atomically(folder / "confusion.npy", lambda handle: np.save(handle, confusion.matrix))
-    names = class_names(confusion.num_classes)
+    scored = scored_classes(confusion.num_classes)
+    iou = confusion.iou()[:scored]
     cell = identity | {
         "num_images": len(dataset),
-        "miou": confusion.miou(),
+        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
         "pixel_accuracy": confusion.pixel_accuracy(),
-        "iou": dict(zip(names, confusion.iou().tolist(), strict=True)),
+        "iou": dict(zip(class_names(scored), iou.tolist(), strict=True)),
+        # pixels of the scored classes predicted as the void class: misses in their IoU
+        "void_predicted": int(confusion.matrix[:scored, scored:].sum()),
         # ECE (15 equal-width confidence bins) at T = 1 and at the checkpoint's temperature
         "ece": {f"{temperature:g}": histogram.value() for temperature, histogram in calibration.items()},
     }
@@ -720,6 +741,10 @@ def run_grid(options: GridOptions) -> dict[str, Any]:
     keys = [spec.key for spec in options.scorers]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"evaluate: a scorer is listed twice: {keys}")
+    for checkpoint in options.checkpoints:  # every path before the first one runs for minutes
+        if not checkpoint.is_file():
+            what = "is a directory, not a checkpoint file" if checkpoint.is_dir() else "does not exist"
+            raise ConfigError(f"--checkpoint {checkpoint} {what}")
     options.out.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
     rows: list[dict[str, Any]] = []

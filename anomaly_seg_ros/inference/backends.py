@@ -1,4 +1,4 @@
-"""Inference backends behind one interface: Torch-TensorRT, torch.compile, eager PyTorch.
+"""Inference backends behind one interface: Torch-TensorRT, torch.compile, ONNX Runtime, OpenVINO, eager.
 
 ``select_backend(model, request)`` tries the backends of the request in a fixed order and
 returns the first that builds and runs a warm-up pass on this machine:
@@ -7,18 +7,20 @@ returns the first that builds and runs a warm-up pass on this machine:
 ``backend``    order tried (``fallback: true``)      ``fallback: false``
 =============  ===================================  ==================================
 auto, CUDA     tensorrt -> compile -> eager          (auto always falls back)
-auto, CPU      :data:`CPU_AUTO_ORDER` (measured)     (auto always falls back)
+auto, CPU      :data:`CPU_AUTO_ORDER`, the fastest   (auto always falls back)
 tensorrt       tensorrt -> compile -> eager          tensorrt, else ConfigError
 compile        compile -> eager                      compile, else ConfigError
+onnxruntime    onnxruntime -> eager                  onnxruntime, else ConfigError
+openvino       openvino -> eager                     openvino, else ConfigError
 eager          eager                                 eager
 =============  ===================================  ==================================
 
 Every skipped backend is logged with its reason and kept on the returned
 :class:`InferenceBackend` (``skipped``), which the perception core exposes, so diagnostics show
 which backend actually runs and why the faster ones did not. Precision follows the same
-rule: fp16 needs CUDA, int8 needs TensorRT (and a calibration folder); an unsupported
-precision is a ConfigError, or with ``fallback`` the nearest supported one (int8 -> fp16 on
-CUDA, -> fp32 on CPU), logged.
+rule: fp16 needs CUDA, int8 needs TensorRT (and a calibration folder), bf16 needs OpenVINO on
+a CPU with BF16; an unsupported precision is a ConfigError, or with ``fallback`` the nearest
+supported one (int8 -> fp16 on CUDA, -> fp32 on CPU; bf16 -> fp32), logged.
 
 Backends compile for one input shape (the network input: batch 1 at ``model.input_size``);
 a tensor of another shape runs the eager model, so offline tools may still batch.
@@ -31,17 +33,26 @@ torch.export and Torch-TensorRT take as it is. The perception core asks for it a
 when the configured scorer needs features, so a switch to such a scorer at run time is the
 only case that compiles while running (logged).
 
-**CPU.** Measured on this project's 2-core CI machine (ERFNet, benchmarks/README.md):
-channels-last eager runs x1.17-1.33 faster than plain eager at 512x1024 (oneDNN's
-channels-last convolutions), while torch.compile (Inductor, C++ codegen) ran at x0.78 of
-plain eager at 256x512 after minutes of compilation. So ``auto`` on CPU is eager with
-channels-last memory format; torch.compile is tried on CPU only when asked for.
+**CPU.** ONNX Runtime and OpenVINO (optional extras, inference/cpu_runtimes.py) run the
+network exported to ONNX (one export, shared). ``auto`` on CPU builds every candidate of
+:data:`CPU_AUTO_ORDER` that is installed (and eager with channels-last memory format:
+oneDNN's channels-last convolutions, x1.17-1.33 faster than plain eager at 512x1024), times
+:data:`AUTO_RACE_ROUNDS` interleaved forwards of each at start-up and keeps the fastest:
+which runtime wins depends on the CPU (AVX-512, AMX) and the input size, and on this
+project's 2-core machine ONNX Runtime and OpenVINO were within noise of each other
+(benchmarks/README.md). Below :data:`CPU_RUNTIME_MIN_PIXELS` it runs eager directly.
+torch.compile (Inductor, C++ codegen) ran at x0.78 of plain eager at 256x512 after minutes of
+compilation, so it is tried on CPU only when asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import shutil
+import tempfile
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,18 +63,31 @@ import torch
 from torch import nn
 
 from anomaly_seg_ros.common.errors import ConfigError, DatasetError
+from anomaly_seg_ros.inference import cpu_runtimes
 from anomaly_seg_ros.inference.engine_cache import EngineCache, make_key
 from anomaly_seg_ros.models.outputs import SegmentationOutput
 
 LOGGER = logging.getLogger(__name__)
 
-BACKENDS = ("tensorrt", "compile", "eager")
+BACKENDS = ("tensorrt", "compile", "onnxruntime", "openvino", "eager")
 #: What ``auto`` tries on a CPU device, fastest first (measured, see the module docstring).
-CPU_AUTO_ORDER = ("eager",)
+CPU_AUTO_ORDER = ("onnxruntime", "openvino", "eager")
 CUDA_AUTO_ORDER = ("tensorrt", "compile", "eager")
 #: Explicit requests fall back to the backends after them in this order.
-FALLBACK_ORDER = {"tensorrt": ("tensorrt", "compile", "eager"), "compile": ("compile", "eager"), "eager": ("eager",)}
-PRECISIONS = ("fp32", "fp16", "int8")
+FALLBACK_ORDER = {
+    "tensorrt": ("tensorrt", "compile", "eager"),
+    "compile": ("compile", "eager"),
+    "onnxruntime": ("onnxruntime", "eager"),
+    "openvino": ("openvino", "eager"),
+    "eager": ("eager",),
+}
+#: Backends that run the network exported to ONNX (one cached ONNX file, backend key ``onnx``).
+ONNX_BACKENDS = ("onnxruntime", "openvino")
+#: Smallest network input (H*W) for which ``auto`` on CPU tries the ONNX runtimes (the demo's 128x256).
+CPU_RUNTIME_MIN_PIXELS = 128 * 256
+#: Timed forwards per candidate when ``auto`` on CPU picks the fastest backend at start-up.
+AUTO_RACE_ROUNDS = 3
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 Graph = Callable[[torch.Tensor], Any]
@@ -117,15 +141,58 @@ class BackendRequest:
         return (1, 3, *self.input_size)
 
 
-def candidate_order(backend: str, device: torch.device | str, *, fallback: bool) -> tuple[str, ...]:
-    """Backends tried for a request, in order (see the table in the module docstring)."""
+def candidate_order(
+    backend: str, device: torch.device | str, *, fallback: bool, input_size: Sequence[int] | None = None
+) -> tuple[str, ...]:
+    """Backends tried for a request, in order (see the table in the module docstring).
+
+    ``auto`` on CPU tries the ONNX runtimes that are installed, and only for network inputs of
+    at least :data:`CPU_RUNTIME_MIN_PIXELS` (``input_size`` None counts as large): below that
+    the forward takes milliseconds in eager PyTorch and the ONNX export would cost more at
+    start-up than it saves.
+    """
     device = torch.device(device)
     if backend == "auto":
-        return CUDA_AUTO_ORDER if device.type == "cuda" else CPU_AUTO_ORDER
+        if device.type == "cuda":
+            return CUDA_AUTO_ORDER
+        small = input_size is not None and int(input_size[0]) * int(input_size[1]) < CPU_RUNTIME_MIN_PIXELS
+        return tuple(
+            name
+            for name in CPU_AUTO_ORDER
+            if name not in ONNX_BACKENDS or (not small and cpu_runtimes.runtime_installed(name))
+        )
     if backend not in FALLBACK_ORDER:
         raise ConfigError(f"model.backend: expected one of auto, {', '.join(BACKENDS)}, got {backend!r}")
     order = FALLBACK_ORDER[backend]
     return order if fallback else order[:1]
+
+
+def cache_identity(backend: str, precision: str) -> tuple[str, str]:
+    """(backend, precision) under which the engine cache keys ``backend``'s engine.
+
+    The ONNX runtimes share one fp32 ONNX file (backend ``onnx``); they apply the precision
+    when they compile it. Every other backend keys its own engine at its own precision.
+    """
+    return ("onnx", "fp32") if backend in ONNX_BACKENDS else (backend, precision)
+
+
+def agreement_with_eager(backend: InferenceBackend, inputs: Sequence[torch.Tensor]) -> dict[str, float]:
+    """How far ``backend`` is from the eager fp32 network on ``inputs`` (network inputs, on its device).
+
+    Returns the share of equal labels (arg-max) and the largest absolute logit difference, over
+    all inputs: what ``anomaly-seg export`` reports so that a reduced precision (bf16, fp16, int8)
+    is chosen knowing what it changes.
+    """
+    equal = total = 0
+    largest = 0.0
+    with torch.inference_mode():
+        for x in inputs:
+            reference = backend.model(x).float()
+            logits = backend(x)
+            equal += int((logits.argmax(1) == reference.argmax(1)).sum())
+            total += reference[:, 0].numel()
+            largest = max(largest, float((logits - reference).abs().max()))
+    return {"frames": len(inputs), "label_agreement": equal / max(total, 1), "max_abs_logit_diff": largest}
 
 
 def precision_problem(backend: str, precision: str, device: torch.device) -> str | None:
@@ -136,16 +203,9 @@ def precision_problem(backend: str, precision: str, device: torch.device) -> str
         return "fp16 needs a CUDA device (half-precision convolutions on CPU are slower than fp32)"
     if precision == "int8" and backend != "tensorrt":
         return f"int8 runs only on the tensorrt backend, not {backend}"
+    if precision == "bf16" and backend != "openvino":
+        return f"bf16 runs only on the openvino backend, not {backend}"
     return None
-
-
-def configure_threads(threads: int) -> int:
-    """``torch.set_num_threads(threads)`` when ``threads > 0``; returns the count in effect."""
-    if threads < 0:
-        raise ConfigError(f"model.threads: expected an integer >= 0 (0 = PyTorch's default), got {threads}")
-    if threads:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
 
 
 class FeatureGraph(nn.Module):
@@ -158,6 +218,9 @@ class FeatureGraph(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        # A new module starts in training mode; an exporter that restores the wrapper's mode
+        # after tracing would otherwise put the network into training mode (batch-norm drift).
+        self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         output = self.model.forward_with_features(x)
@@ -176,6 +239,8 @@ class InferenceBackend:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     #: Engine cache status when the logits graph was built: hit, missing, stale, corrupt; None = no cache.
     cache_status: str | None = None
+    #: ``auto`` on CPU: median start-up forward (ms) of every candidate that was built; empty otherwise.
+    selection: dict[str, float] = field(default_factory=dict)
     _logits: Graph | None = None
     _features: Graph | None = None
     _channels_last: bool = False
@@ -229,6 +294,10 @@ class InferenceBackend:
             text += ", engine loaded from the cache"
         elif self.cache_status:
             text += f", engine built and cached (was {self.cache_status})"
+        if self.selection:
+            ranked = sorted(self.selection.items(), key=lambda item: item[1])
+            timings = ", ".join(f"{name} {ms:.0f} ms" for name, ms in ranked)
+            text += f"; fastest at start-up of {timings}"
         if self.skipped:
             text += "; skipped " + "; ".join(f"{name}: {reason}" for name, reason in self.skipped)
         return text
@@ -262,6 +331,9 @@ def _with_autocast(fn: Callable[..., Any], device: torch.device, precision: str)
 def select_backend(model: nn.Module, request: BackendRequest, *, features: bool = False) -> InferenceBackend:
     """Build the first backend of the request's order that works here (see the module docstring).
 
+    ``auto`` on CPU with an ONNX runtime installed builds every candidate instead and keeps the
+    fastest on this machine (:func:`_race`): which runtime wins depends on the CPU.
+
     Raises:
         ConfigError: the requested backend or precision cannot run here and
             ``request.fallback`` is off (or nothing in the order works), naming the key and why.
@@ -270,45 +342,86 @@ def select_backend(model: nn.Module, request: BackendRequest, *, features: bool 
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"model.device: {request.device!r} requested but CUDA is not available")
     allow_fallback = request.fallback or request.backend == "auto"
-    order = candidate_order(request.backend, device, fallback=allow_fallback)
+    order = candidate_order(request.backend, device, fallback=allow_fallback, input_size=request.input_size)
     model = model.to(device).eval()
+    race = request.backend == "auto" and device.type == "cpu" and len(order) > 1
     skipped: list[tuple[str, str]] = []
-    for name in order:
-        precision = request.precision
-        problem = precision_problem(name, precision, device)
-        if problem is not None:
-            if not allow_fallback:
-                raise ConfigError(f"model.precision: {problem}; set model.fallback=true to run fp32 instead")
-            precision = "fp16" if device.type == "cuda" and precision == "int8" else "fp32"
-            skipped.append(("precision", f"{request.precision} on {name}: {problem}; running {precision}"))
-        graph: nn.Module = FeatureGraph(model) if features else model
-        try:
-            runner, cache_status = _BUILDERS[name](graph, request, precision, "features" if features else "logits")
-        except BackendUnavailable as error:
-            reason = str(error)
-            skipped.append((name, reason))
-            if not allow_fallback:
-                raise ConfigError(
-                    f"model.backend: {name} cannot run here: {reason}; "
-                    f"set model.fallback=true to fall back to {' -> '.join(FALLBACK_ORDER[name][1:]) or 'nothing'}"
-                ) from None
-            LOGGER.warning("backend %s skipped: %s", name, reason)
-            continue
-        backend = InferenceBackend(model, request, name, precision, skipped, cache_status)
-        backend._channels_last = _use_channels_last(name, request)
-        if features:
-            backend._features = runner
-        else:
-            backend._logits = runner
-        if name != order[0] or skipped:
-            LOGGER.warning("backend: running %s", backend.describe())
-        else:
-            LOGGER.info("backend: running %s", backend.describe())
-        return backend
-    raise ConfigError(
-        f"model.backend: none of {', '.join(order)} can run here: "
-        + "; ".join(f"{name}: {reason}" for name, reason in skipped)
-    )
+    built: list[InferenceBackend] = []
+    # The race's ONNX runtimes share one export: a temporary cache when none is configured.
+    shared = tempfile.mkdtemp(prefix=cpu_runtimes.TEMPORARY_PREFIX) if race and not request.engine_cache else None
+    try:
+        for name in order:
+            precision = request.precision
+            problem = precision_problem(name, precision, device)
+            if problem is not None:
+                if not allow_fallback:
+                    raise ConfigError(f"model.precision: {problem}; set model.fallback=true to run fp32 instead")
+                precision = "fp16" if device.type == "cuda" and precision == "int8" else "fp32"
+                skipped.append(("precision", f"{request.precision} on {name}: {problem}; running {precision}"))
+            graph: nn.Module = FeatureGraph(model) if features else model
+            build_request = request
+            if shared is not None and name in ONNX_BACKENDS:
+                build_request = dataclasses.replace(request, engine_cache=shared)
+            try:
+                runner, cache_status = _BUILDERS[name](
+                    graph, build_request, precision, "features" if features else "logits"
+                )
+            except BackendUnavailable as error:
+                reason = str(error)
+                skipped.append((name, reason))
+                if not allow_fallback:
+                    raise ConfigError(
+                        f"model.backend: {name} cannot run here: {reason}; "
+                        f"set model.fallback=true to fall back to {' -> '.join(FALLBACK_ORDER[name][1:]) or 'nothing'}"
+                    ) from None
+                LOGGER.warning("backend %s skipped: %s", name, reason)
+                continue
+            backend = InferenceBackend(
+                model, request, name, precision, skipped, None if build_request is not request else cache_status
+            )
+            backend._channels_last = _use_channels_last(name, request)
+            if features:
+                backend._features = runner
+            else:
+                backend._logits = runner
+            built.append(backend)
+            if not race:
+                break
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+    if not built:
+        raise ConfigError(
+            f"model.backend: none of {', '.join(order)} can run here: "
+            + "; ".join(f"{name}: {reason}" for name, reason in skipped)
+        )
+    backend = _race(built, features) if len(built) > 1 else built[0]
+    if backend.name != order[0] or skipped:
+        LOGGER.warning("backend: running %s", backend.describe())
+    else:
+        LOGGER.info("backend: running %s", backend.describe())
+    return backend
+
+
+def _race(backends: Sequence[InferenceBackend], features: bool) -> InferenceBackend:
+    """The fastest of ``backends`` on this machine: median of :data:`AUTO_RACE_ROUNDS` interleaved forwards.
+
+    One untimed round first (oneDNN and the runtimes set up their kernels on the first call).
+    The winner records every candidate's time (``selection``), which ``describe`` reports.
+    """
+    example = _example(backends[0].request)
+    samples: dict[str, list[float]] = {backend.name: [] for backend in backends}
+    with torch.inference_mode():
+        for round_index in range(1 + AUTO_RACE_ROUNDS):
+            for backend in backends:
+                start = time.perf_counter()
+                backend.forward_with_features(example) if features else backend.forward(example)
+                if round_index:
+                    samples[backend.name].append((time.perf_counter() - start) * 1000.0)
+    medians = {name: float(sorted(times)[len(times) // 2]) for name, times in samples.items()}
+    winner = min(backends, key=lambda backend: medians[backend.name])
+    winner.selection = medians
+    return winner
 
 
 def _use_channels_last(name: str, request: BackendRequest) -> bool:
@@ -596,8 +709,44 @@ def _capture_cuda_graph(fn: Graph, example: torch.Tensor) -> Graph:
     return replay
 
 
+def _build_cpu_runtime(runtime: str) -> Callable[[nn.Module, BackendRequest, str, str], tuple[Graph, str | None]]:
+    """Builder of an ONNX runtime backend: the graph exported to ONNX (cached), loaded by ``runtime``."""
+
+    def build(graph: nn.Module, request: BackendRequest, precision: str, outputs: str) -> tuple[Graph, str | None]:
+        if torch.device(request.device).type != "cpu":
+            raise BackendUnavailable(f"{runtime} runs on the CPU here, model.device is {request.device!r}")
+        example = _example(request)
+        try:
+            cpu_runtimes.require(runtime)
+            # One ONNX file serves both runtimes: it is keyed as backend "onnx" at fp32, and the
+            # runtime applies the precision when it compiles the file. Without a cache it is a
+            # temporary file, removed once the runtime has read it.
+            path, status = _cached(
+                graph,
+                request,
+                *cache_identity(runtime, precision),
+                outputs,
+                build=lambda: cpu_runtimes.temporary_onnx(graph, example, outputs),
+                save=lambda exported, target: shutil.copyfile(exported, target),
+                load=lambda target: target,
+            )
+            try:
+                runner = cpu_runtimes.build_runner(runtime, path, outputs, precision, torch.get_num_threads())
+            finally:
+                if path.parent.name.startswith(cpu_runtimes.TEMPORARY_PREFIX):
+                    shutil.rmtree(path.parent, ignore_errors=True)
+        except cpu_runtimes.RuntimeUnavailable as error:
+            raise BackendUnavailable(str(error)) from None
+        _warm_up(runner, request, False)
+        return runner, status
+
+    return build
+
+
 _BUILDERS: dict[str, Callable[[nn.Module, BackendRequest, str, str], tuple[Graph, str | None]]] = {
     "eager": _build_eager,
     "compile": _build_compile,
     "tensorrt": _build_tensorrt,
+    "onnxruntime": _build_cpu_runtime("onnxruntime"),
+    "openvino": _build_cpu_runtime("openvino"),
 }

@@ -1,11 +1,12 @@
 """Compiled engines on disk: compile once, reload at start-up, never run a stale one.
 
 An engine is the compiled form of one network for one configuration: a Torch-TensorRT
-program (``torch_tensorrt.save``) or a ``torch.export`` ExportedProgram of the eager model
-(``torch.export.save``; the ``compile`` and ``eager`` backends). Building a TensorRT engine
+program (``torch_tensorrt.save``), a ``torch.export`` ExportedProgram of the eager model
+(``torch.export.save``; the ``compile`` and ``eager`` backends), or the ONNX export that ONNX
+Runtime and OpenVINO read (``NAME.onnx``, backend ``onnx`` in the key). Building a TensorRT engine
 takes minutes, so the node loads it from the cache that ``anomaly-seg export`` filled.
 
-Every engine file ``NAME.pt2`` has a sidecar ``NAME.json`` holding its :class:`EngineKey`, the
+Every engine file ``NAME.pt2`` (or ``NAME.onnx``) has a sidecar ``NAME.json`` holding its :class:`EngineKey`, the
 SHA-256 of the key and the SHA-256 of the engine file. An engine is used only when
 
 * the sidecar exists and its key digest equals the digest of the key wanted now, i.e.
@@ -43,6 +44,8 @@ from anomaly_seg_ros.common.fileio import atomic_write
 LOGGER = logging.getLogger(__name__)
 
 ENGINE_SUFFIX = ".pt2"  # torch.export archive (torch.export.save expects .pt2)
+#: Engines that are not torch.export archives: the ONNX file ONNX Runtime and OpenVINO read.
+ENGINE_SUFFIXES = {"onnx": ".onnx"}
 SIDECAR_SUFFIX = ".json"
 #: Version of the sidecar layout; a sidecar of another version is treated as stale.
 FORMAT_VERSION = 1
@@ -149,6 +152,11 @@ def make_key(
     )
 
 
+def engine_suffix(key: EngineKey) -> str:
+    """File suffix of the engine of ``key``: ``.onnx`` for the exported ONNX model, else ``.pt2``."""
+    return ENGINE_SUFFIXES.get(key.backend, ENGINE_SUFFIX)
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -166,7 +174,7 @@ class EngineCache:
             raise ConfigError(f"model.engine_cache: {self.folder} exists and is not a folder")
 
     def engine_path(self, key: EngineKey) -> Path:
-        return self.folder / f"{key.stem}{ENGINE_SUFFIX}"
+        return self.folder / f"{key.stem}{engine_suffix(key)}"
 
     def sidecar_path(self, key: EngineKey) -> Path:
         return self.folder / f"{key.stem}{SIDECAR_SUFFIX}"
@@ -221,7 +229,7 @@ class EngineCache:
             saver(tmp)
             engine_hash = file_sha256(tmp)
 
-        atomic_write(engine, write, suffix=ENGINE_SUFFIX)
+        atomic_write(engine, write, suffix=engine_suffix(key))
         record = {"format": FORMAT_VERSION, "digest": key.digest, "file_sha256": engine_hash, "key": key.to_dict()}
         tmp_sidecar = sidecar.with_name(f".{sidecar.name}.tmp")
         tmp_sidecar.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")

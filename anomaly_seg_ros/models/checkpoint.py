@@ -15,11 +15,21 @@ run the network without a config file::
 
 Loading is always strict: a checkpoint that does not fit the model exactly is an error
 naming the file and the offending keys, never a silent partial load.
+
+:func:`load_model` is the one loader of every command. A bare PyTorch state_dict (the
+authors' ``.pth`` releases) records no model name, class count, normalisation or calibration:
+the network and its class count are inferred from the state_dict's keys and shapes (a match
+is exact, so it cannot pick the wrong network), the normalisation and input size are the
+registry's defaults for that network, and one logged line says so and names the settings
+that override them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import math
 import os
 import pickle
 from collections.abc import Mapping
@@ -41,6 +51,8 @@ from anomaly_seg_ros.models.registry import (
     build_model,
     model_defaults,
 )
+
+log = logging.getLogger(__name__)
 
 METADATA_KEY = "anomaly_seg_ros"
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -95,6 +107,7 @@ def _checkpoint_metadata(model: nn.Module, metadata: Mapping[str, Any]) -> dict[
         "head": head,
     }
     meta.update(metadata)
+    meta.pop("recorded", None)  # defaults of a bare state_dict (load_model) are recorded once saved
     if "class_names" not in meta:
         try:
             meta["class_names"] = list(default_class_names(num_classes))
@@ -159,10 +172,30 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, An
     return meta
 
 
-def load_model(path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Build the model an anomaly_seg_ros checkpoint describes, load it, in eval mode on ``device``."""
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    device: torch.device | str = "cpu",
+    model_name: str | None = None,
+    num_classes: int | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model a checkpoint holds, load it strictly, in eval mode on ``device``.
+
+    Our ``.safetensors`` checkpoints name their model; a PyTorch ``.pth``/``.pt``/``.tar``
+    state_dict does not, so its network and class count are inferred from its keys and shapes
+    (or taken from ``model_name``/``num_classes``, which must then fit it) and the returned
+    metadata holds the registry's defaults for that network, with ``"recorded": False``.
+    ``model_name``/``num_classes`` that contradict a checkpoint are an error, never ignored.
+    """
     path = Path(path)
     _require_file(path)
+    if path.suffix in TORCH_SUFFIXES:
+        return _load_bare_state_dict(path, device, model_name, num_classes)
+    if path.suffix != SAFETENSORS_SUFFIX:
+        raise CheckpointError(
+            f"{path}: unsupported checkpoint type {path.suffix!r}; expected "
+            f"{SAFETENSORS_SUFFIX} or a PyTorch state_dict ({', '.join(TORCH_SUFFIXES)})"
+        )
     meta = read_metadata(path)
     for key in ("model", "num_classes"):
         if key not in meta:
@@ -172,12 +205,155 @@ def load_model(path: str | os.PathLike[str], *, device: torch.device | str = "cp
             f"{path} holds model {meta['model']!r}, which is not registered; "
             f"available models: {', '.join(available_models())}"
         )
+    for key, wanted in (("model", model_name), ("num_classes", num_classes)):
+        if wanted is not None and wanted != meta[key]:
+            raise CheckpointError(f"{path} holds {key} {meta[key]!r}, not the requested {wanted!r}")
     head = meta.get("head", "linear")  # checkpoints written before heads existed are linear
     if head not in HEAD_KINDS:
         raise CheckpointError(f"{path}: metadata 'head' is {head!r}; expected one of {', '.join(HEAD_KINDS)}")
+    validate_metadata(meta, path)
     model = build_model(meta["model"], num_classes=meta["num_classes"], head=head)
     load_weights(model, path)
     return model.to(device).eval(), meta
+
+
+def validate_metadata(meta: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """CheckpointError naming the entry when the preprocessing metadata cannot run a frame.
+
+    Checked at load time so that a bad value stops start-up instead of the first frame.
+    """
+
+    def fail(key: str, expected: str) -> None:
+        raise CheckpointError(f"{path}: metadata {key!r} is {meta[key]!r}; expected {expected}")
+
+    def numbers(value: Any, count: int) -> bool:
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        )
+
+    num_classes = meta.get("num_classes")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        fail("num_classes", "a positive integer")
+    if "input_size" in meta and not (
+        numbers(meta["input_size"], 2) and all(int(v) == v and v >= 8 and v % 8 == 0 for v in meta["input_size"])
+    ):
+        fail("input_size", "[height, width], both positive multiples of 8")
+    if "mean" in meta and not numbers(meta["mean"], 3):
+        fail("mean", "3 finite numbers (RGB, on the 0..1 scale)")
+    if "std" in meta and not (numbers(meta["std"], 3) and all(v > 0 for v in meta["std"])):
+        fail("std", "3 finite positive numbers (RGB, on the 0..1 scale)")
+    temperature = meta.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        fail("temperature", "a finite positive number")
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and len(names) == num_classes):
+        fail("class_names", f"a list of {num_classes} names")
+    calibration = meta.get("calibration", {})
+    if not isinstance(calibration, Mapping) or not all(isinstance(v, Mapping) for v in calibration.values()):
+        fail("calibration", "a mapping {scorer: {threshold: ..., range: [low, high]}}")
+    for scorer, entry in calibration.items():
+        threshold = entry.get("threshold")
+        if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+            raise CheckpointError(
+                f"{path}: metadata 'calibration.{scorer}.threshold' is {threshold!r}; expected a finite number"
+            )
+
+
+def _load_bare_state_dict(
+    path: Path, device: torch.device | str, model_name: str | None, num_classes: int | None
+) -> tuple[nn.Module, dict[str, Any]]:
+    state = strip_module_prefix(_read_torch_state_dict(path))
+    name, classes = infer_architecture(state, path, model_name=model_name, num_classes=num_classes)
+    model = build_model(name, num_classes=classes)
+    model.load_state_dict(_check_state_dict(model, state, path), strict=True)
+    defaults = model_defaults(name)
+    meta: dict[str, Any] = {
+        "model": name,
+        "num_classes": classes,
+        "mean": list(defaults["mean"]),
+        "std": list(defaults["std"]),
+        "input_size": list(defaults["input_size"]),
+        "temperature": 1.0,
+        "head": "linear",
+        "source": str(path),
+        "recorded": False,  # the values above are defaults, not the checkpoint's own
+    }
+    try:
+        meta["class_names"] = list(default_class_names(classes))
+    except ValueError:
+        meta["class_names"] = [f"class {index}" for index in range(classes)]
+    height, width = defaults["input_size"]
+    log.warning(
+        "%s is a bare state_dict: %s with %d classes (inferred from its keys); it records no normalisation "
+        "or calibration, so %s's defaults apply (RGB 0..1, mean %s, std %s, input %dx%d, temperature 1, no "
+        "alert threshold): if it was trained otherwise pass --set model.mean=[R,G,B] model.std=[R,G,B] "
+        "model.input_size=[H,W], and --set alerts.threshold=X to raise alerts",
+        path,
+        name,
+        classes,
+        name,
+        list(defaults["mean"]),
+        list(defaults["std"]),
+        height,
+        width,
+    )
+    return model.to(device).eval(), meta
+
+
+@functools.cache
+def _architecture_signature(name: str) -> tuple[frozenset[str], tuple[tuple[str, int], ...]]:
+    """Keys of model ``name`` (without BatchNorm counters) and, per class-count-dependent key, the
+    axis that has ``num_classes`` entries (found by building the network at two class counts)."""
+    small, large = (build_model(name, num_classes=n).state_dict() for n in (3, 5))
+    keys = frozenset(key for key in small if not key.endswith(".num_batches_tracked"))
+    axes = []
+    for key in sorted(keys):
+        differing = [axis for axis, (a, b) in enumerate(zip(small[key].shape, large[key].shape, strict=True)) if a != b]
+        if differing:
+            axes.append((key, differing[0]))
+    return keys, tuple(axes)
+
+
+def infer_architecture(
+    state: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    *,
+    model_name: str | None = None,
+    num_classes: int | None = None,
+) -> tuple[str, int]:
+    """(registered model name, class count) whose parameters have exactly the keys of ``state``.
+
+    The class count is read from the shapes of the keys that depend on it (the classifier); a
+    requested ``model_name``/``num_classes`` must fit. CheckpointError when nothing fits,
+    naming the closest network and its missing and unexpected keys.
+    """
+    keys = {key for key in state if not key.endswith(".num_batches_tracked")}
+    names = [model_name] if model_name is not None else available_models()
+    if model_name is not None and model_name not in available_models():
+        raise CheckpointError(f"unknown model {model_name!r}; available models: {', '.join(available_models())}")
+    signatures = {name: _architecture_signature(name) for name in names}
+    matches = [name for name, (expected, _) in signatures.items() if expected == keys]
+    if not matches:
+        closest = min(signatures, key=lambda name: len(signatures[name][0] ^ keys))
+        expected = signatures[closest][0]
+        raise CheckpointError(
+            f"{path} is not a state_dict of {'model ' + repr(model_name) if model_name else 'any registered model'} "
+            f"({', '.join(names)}); closest is {closest!r} with "
+            f"missing keys ({len(expected - keys)}): {_listing(sorted(expected - keys))}; "
+            f"unexpected keys ({len(keys - expected)}): {_listing(sorted(keys - expected))}"
+        )
+    name = matches[0]
+    counts = {int(state[key].shape[axis]) for key, axis in signatures[name][1] if state[key].ndim > axis}
+    if len(counts) != 1:
+        raise CheckpointError(
+            f"{path}: the classifier layers of {name!r} disagree on the class count: {sorted(counts)}"
+        )
+    classes = counts.pop()
+    if num_classes is not None and num_classes != classes:
+        raise CheckpointError(f"{path} holds a {classes}-class {name!r}, not the requested {num_classes} classes")
+    return name, classes
 
 
 def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -189,6 +365,8 @@ def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def _require_file(path: Path) -> None:
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; expected a checkpoint file (.safetensors or .pth)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
 

@@ -12,8 +12,9 @@ Topics that only need copying go through as raw CDR bytes (:func:`iter_raw`,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +31,8 @@ from anomaly_seg_ros.ros.typestore import get_typestore
 if TYPE_CHECKING:
     # Only for annotations: typing.Self is Python 3.11+, Humble runs on 3.10.
     from typing import Self
+
+log = logging.getLogger(__name__)
 
 Storage = Literal["mcap", "sqlite3"]
 
@@ -106,7 +109,20 @@ class BagWriter:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        self._writer.__exit__(exc_type, exc_val, exc_tb)
+        """Close the bag even when an exception (Ctrl-C included) ends the block.
+
+        What was written stays readable: the storage is finalised (mcap index and summary,
+        sqlite3 commit) and metadata.yaml written. rosbags' own ``__exit__`` aborts instead,
+        which leaves an mcap without index and no metadata.yaml, i.e. a bag no reader opens.
+        The exception is not swallowed.
+        """
+        try:
+            self._writer.close()
+        except BaseException:
+            with suppress(Exception):
+                self._writer.abort()
+            if exc_type is None:
+                raise
 
     def add_topic(
         self,
@@ -189,14 +205,118 @@ class BagWriter:
         self.write_raw(message.topic, message.rawdata, message.timestamp_ns)
 
 
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+@dataclass(frozen=True)
+class TruncatedMcap:
+    """An mcap file whose end is missing (the recorder died: power cut, kill -9).
+
+    rosbag2 writes the mcap summary, footer and metadata.yaml when it closes the bag, so such
+    a file has none of them; its records up to ``readable_bytes`` are intact.
+    """
+
+    file: Path
+    size: int
+    #: Bytes of whole records from the start; the rest is a record cut off mid-way.
+    readable_bytes: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.file} is truncated (no mcap footer: the recording was cut off); "
+            f"its first {self.readable_bytes} of {self.size} bytes are whole records"
+        )
+
+
+def truncated_mcap(path: str | Path) -> TruncatedMcap | None:
+    """The :class:`TruncatedMcap` of ``path`` (an .mcap file, or a rosbag2 folder without metadata.yaml
+    holding one .mcap) when its end is missing; None for anything else."""
+    path = Path(path)
+    if path.is_dir() and not (path / "metadata.yaml").is_file():
+        files = sorted(path.glob("*.mcap"))
+        path = files[0] if len(files) == 1 else path
+    if not (path.is_file() and path.suffix == ".mcap"):
+        return None
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        if handle.read(8) != MCAP_MAGIC:
+            return None
+        if size >= 16:
+            handle.seek(-8, 2)
+            if handle.read(8) == MCAP_MAGIC:
+                return None  # a complete file
+        offset = 8
+        while offset + 9 <= size:  # top-level records: opcode (1 byte), length (uint64), content
+            handle.seek(offset)
+            opcode_and_length = handle.read(9)
+            length = int.from_bytes(opcode_and_length[1:], "little")
+            if opcode_and_length[0] == 0x02 or offset + 9 + length > size:  # footer, or a cut record
+                break
+            offset += 9 + length
+    return TruncatedMcap(path, size, offset)
+
+
+class _TruncatedMcapReader:
+    """The readable part of a :class:`TruncatedMcap`, with the reader interface used here.
+
+    rosbags' mcap reader scans a file without summary record by record (``meta_scan``,
+    ``messages_scan``) but insists on a footer; this opens it on the whole records only.
+    """
+
+    def __init__(self, truncated: TruncatedMcap) -> None:
+        from rosbags.interfaces import TopicInfo
+        from rosbags.rosbag2.storage_mcap import McapReader
+
+        self.path = truncated.file
+        self._mcap = McapReader(truncated.file)
+        try:
+            self._mcap.bio = truncated.file.open("rb")
+            self._mcap.bio.seek(8)
+            if self._mcap.bio.read(1) != b"\x01":
+                raise ReaderError("no mcap header record")
+            length = int.from_bytes(self._mcap.bio.read(8), "little")
+            self._mcap.data_start = 17 + length
+            self._mcap.data_end = truncated.readable_bytes
+            self._mcap.meta_scan()
+        except (ReaderError, AttributeError, ValueError, OSError) as exc:
+            self.close()
+            raise BagError(f"cannot read the readable part of {truncated.describe()}: {exc}") from exc
+        counts = self._mcap.statistics.channel_message_counts
+        self.connections = [conn._replace(msgcount=counts.get(conn.id, 0)) for conn in self._mcap.connections]
+        self.topics = {
+            conn.topic: TopicInfo(conn.msgtype, conn.msgdef, conn.msgcount, [conn]) for conn in self.connections
+        }
+
+    def messages(self, connections: Collection[Connection]) -> Iterator[tuple[Connection, int, bytes]]:
+        by_id = {conn.id: conn for conn in connections}
+        for conn, timestamp, rawdata in self._mcap.messages_scan(list(by_id.values())):
+            yield by_id[conn.id], timestamp, rawdata
+
+    def close(self) -> None:
+        if self._mcap.bio is not None:
+            self._mcap.bio.close()
+            self._mcap.bio = None
+
+
 @contextmanager
 def open_bag(path: str | Path) -> Iterator[Reader]:
     """Open a rosbag2 folder (mcap or sqlite3, from its metadata.yaml) or a single .mcap/.db3.
+
+    A truncated mcap (:func:`truncated_mcap`) opens on its readable part, with a warning
+    that says where it ends.
 
     Raises:
         BagError: missing path, a folder without metadata.yaml, or an unreadable bag.
     """
     path = Path(path)
+    if (truncated := truncated_mcap(path)) is not None:
+        reader = _TruncatedMcapReader(truncated)
+        log.warning("%s; reading those", truncated.describe())
+        try:
+            yield reader  # type: ignore[misc]  # the subset of Reader used in this module
+        finally:
+            reader.close()
+        return
     if not path.exists():
         raise BagError(f"bag {path} does not exist; expected a rosbag2 folder or .mcap/.db3 file")
     if path.is_dir() and not (path / "metadata.yaml").is_file():

@@ -179,6 +179,13 @@ def markdown_report(document: dict[str, Any], *, plots: bool = True) -> str:
     """A human-readable page of :func:`build_document`'s result."""
     bags, total = document["bags"], document["total"]
     lines = ["# Bag replay report", ""]
+    if document.get("partial"):
+        stop = document["partial"]
+        lines += [
+            f"**Partial report**: the replay of {stop['bag']} stopped at camera frame {stop['stopped_at_frame']} "
+            f"({stop['reason']}); the figures cover the frames before it.",
+            "",
+        ]
     lines += [
         f"- bags: {total['bags']}; frames {total['frames']}, processed {total['processed']}, rejected "
         + (", ".join(f"{reason} {n}" for reason, n in total["rejected_frames_by_reason"].items()) or "0"),
@@ -418,8 +425,12 @@ def write_bag_report(
     component_metrics: Any = None,
     plots: bool = True,
     failures: Sequence[dict[str, str]] = (),
+    partial: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the report folder of one or several replays; returns the JSON document.
+
+    ``partial`` (bag, stopped_at_frame, reason) marks the report of a replay that stopped
+    early: ``report.json`` gets it under ``"partial"`` and ``report.md`` says so first.
 
     Files: ``report.md``, ``report.json``, ``metrics.json`` (the per-bag summary of a single
     bag, else the totals), ``frames.csv``, ``tracks.csv``, ``obstacles.csv`` and, with
@@ -430,6 +441,8 @@ def write_bag_report(
     document = build_document(
         reports, pixel_metrics=pixel_metrics, component_metrics=component_metrics, failures=failures
     )
+    if partial is not None:
+        document["partial"] = partial
     (folder / "report.json").write_text(json.dumps(document, indent=1, default=_json_default) + "\n")
     compact = (
         {k: v for k, v in document["bags"][0].items() if k != "frame_rows"} if len(reports) == 1 else document["total"]

@@ -32,7 +32,7 @@ from anomaly_seg_ros.core.ground import GroundModel
 from anomaly_seg_ros.core.perception import Perception, PerceptionResult
 from anomaly_seg_ros.metrics import StreamingOODMetrics
 from anomaly_seg_ros.metrics.components import ComponentMetrics
-from anomaly_seg_ros.replay.bagio import BagWriter, iter_raw, list_topics
+from anomaly_seg_ros.replay.bagio import BagWriter, iter_raw, list_topics, truncated_mcap
 from anomaly_seg_ros.replay.records import AlertTrackRecord, FrameRecord, ReplayReport, component_summary, pixel_summary
 from anomaly_seg_ros.replay.stats import (
     DECODE,
@@ -144,12 +144,25 @@ def find_topics(bag: Path, options: ReplayOptions) -> tuple[str, str, str | None
         kind = topics[options.topic][0]
         if kind not in IMAGE_TYPES:
             raise BagError(f"topic {options.topic!r} has type {kind}, expected one of {', '.join(IMAGE_TYPES)}")
-        return options.topic, kind, gt_topic
+        return _with_messages(bag, options.topic, topics), kind, gt_topic
     cameras = [t for t, (kind, _) in topics.items() if kind in IMAGE_TYPES and t != gt_topic]
-    if len(cameras) != 1:
-        listing = ", ".join(cameras) or "none"
-        raise BagError(f"{bag} has {len(cameras)} image topics ({listing}); name the camera topic with --topic")
-    return cameras[0], topics[cameras[0]][0], gt_topic
+    if not topics:
+        raise BagError(f"{bag} has no topics (an empty recording); nothing to replay")
+    if not cameras:
+        listing = ", ".join(f"{t} ({kind})" for t, (kind, _) in topics.items())
+        raise BagError(f"{bag} has no camera topic of type {' or '.join(IMAGE_TYPES)}; its topics: {listing}")
+    if len(cameras) > 1:
+        raise BagError(
+            f"{bag} has {len(cameras)} image topics ({', '.join(cameras)}); name the camera topic with --topic"
+        )
+    return _with_messages(bag, cameras[0], topics), topics[cameras[0]][0], gt_topic
+
+
+def _with_messages(bag: Path, topic: str, topics: dict[str, tuple[str, int]]) -> str:
+    """``topic`` if the bag holds messages on it; an empty camera topic would give an empty report."""
+    if topics[topic][1] == 0:
+        raise BagError(f"camera topic {topic!r} of {bag} has 0 messages; nothing to replay")
+    return topic
 
 
 @dataclass
@@ -398,41 +411,24 @@ def replay_bag(
     topics = list_topics(bag)
     total = topics[camera_topic][1]
     info_topic = _camera_info_topic(topics, options) if options.camera_height_m > 0 else None
-    ground: GroundModel | None = None
     perception.reset()
     clock = time.perf_counter
     started = clock()
 
+    stop: BaseException | None = None
     with BagWriter(out, storage=options.storage, typestore=typestore) as writer:
         for topic, msgtype in outputs.items():
             writer.add_topic(topic, msgtype)
-        bar = tqdm(total=total, desc="replay", unit="frame", disable=not progress)
-        for raw in iter_raw(bag):
-            if options.copy_input:
-                writer.copy_raw(raw)
-            if raw.topic == gt_topic and truth is not None:
-                try:
-                    msg = typestore.deserialize_cdr(raw.rawdata, raw.msgtype)
-                    truth.add_truth(stamp_to_ns(msg.header), image_to_array(msg))
-                except (MessageConversionError, AnomalySegError) as error:
-                    _reject(report, error, raw.topic)
-                except Exception as error:  # a CDR payload that does not even deserialise
-                    _reject(
-                        report, MessageConversionError(f"undecodable ground truth: {error}", reason="cdr"), raw.topic
-                    )
-                continue
-            if raw.topic == info_topic:
-                try:
-                    info = typestore.deserialize_cdr(raw.rawdata, raw.msgtype)
-                    ground = GroundModel.from_camera_info(info, options.camera_height_m, options.camera_pitch_rad)
-                except ValueError as error:
-                    _reject(report, MessageConversionError(f"{error}", reason="camera_info"), raw.topic)
-                continue
-            if raw.topic != camera_topic:
-                continue
-            bar.update(1)
-            _replay_frame(report, raw, typestore, perception, writer, options, ground, truth, on_frame)
-        bar.close()
+        state = _ReplayState(tqdm(total=total, desc="replay", unit="frame", disable=not progress), info_topic)
+        try:
+            for raw in iter_raw(bag):
+                _replay_message(report, state, raw, typestore, perception, writer, options, truth, on_frame)
+        except (KeyboardInterrupt, Exception) as error:  # noqa: BLE001 - keep what was replayed, re-raised below
+            stop = error
+            _drop_unfinished_frame(report)
+        finally:
+            state.progress.close()
+        # the writer closes normally either way: an indexed bag with metadata.yaml of the frames written
     report.wall_s = clock() - started
 
     if truth is not None and truth.frames:
@@ -441,16 +437,108 @@ def replay_bag(
         report.pixel_accumulator = truth.metrics
         report.component_accumulator = truth.components
         report.component_metrics = component_summary(truth.components)
-        report.obstacles = [track.summary(ground) for track in truth.tracks]
+        report.obstacles = [track.summary(state.ground) for track in truth.tracks]
         report.match_rule = match_rule(truth.match_iou)
         report.min_area_px = truth.min_area_px
         report.false_alerts, report.false_alert_tracks = truth.false_alerts, truth.false_alert_tracks
-        if ground is not None:
+        if state.ground is not None:
             report.range_at_min_area_m = {
-                f"{area:g}": ground.range_for_area(area, truth.min_area_px) for area in REFERENCE_FRONTAL_AREAS_M2
+                f"{area:g}": state.ground.range_for_area(area, truth.min_area_px) for area in REFERENCE_FRONTAL_AREAS_M2
             }
         report.pr_curve = truth.metrics.pr_curve() if report.pixel_metrics is not None else None
+    if (cut := truncated_mcap(bag)) is not None:
+        last = report.frame_records[-1].log_ns if report.frame_records else None
+        report.last_rejection = f"{cut.describe()}: replayed those, {report.frames} camera frames" + (
+            f", the last at log time {last} ns" if last is not None else ""
+        )
+        report.rejected["truncated_bag"] += 1
+        log.warning("%s", report.last_rejection)
+    if stop is not None:
+        raise ReplayStopped(report, stop) from stop
     return report
+
+
+class ReplayStopped(Exception):
+    """A replay that ended early (Ctrl-C, or an unexpected error) after closing its output bag.
+
+    ``reports`` holds every bag replayed so far, the last one up to ``frame`` (the camera
+    message it stopped at, not processed); ``cause`` is what stopped it. Not an
+    :class:`AnomalySegError`: the caller writes the partial report before it reports the stop.
+    """
+
+    def __init__(self, report: ReplayReport, cause: BaseException) -> None:
+        self.reports = [report]
+        self.pooled: PooledMetrics | None = None
+        self.cause = cause
+        self.bag = report.input
+        self.frame = report.frames
+        what = "interrupted" if self.interrupted else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"replay of {report.input} stopped at camera frame {report.frames} ({what})")
+
+    @property
+    def interrupted(self) -> bool:
+        """True for Ctrl-C (SIGINT), False for an error."""
+        return isinstance(self.cause, KeyboardInterrupt)
+
+    def summary(self) -> dict[str, Any]:
+        """What the partial report records about the stop."""
+        return {
+            "bag": self.bag,
+            "stopped_at_frame": self.frame,
+            "reason": "interrupted" if self.interrupted else f"{type(self.cause).__name__}: {self.cause}",
+        }
+
+
+def _drop_unfinished_frame(report: ReplayReport) -> None:
+    """Forget the camera frame that was in progress when the replay stopped: it has no outputs."""
+    if report.frame_records and report.frame_records[-1].status == "ok" and not report.frame_records[-1].timings_ms:
+        report.frame_records.pop()
+        report.frames -= 1
+
+
+@dataclass
+class _ReplayState:
+    """What the messages of one bag change as they go by: the progress bar and the camera geometry."""
+
+    progress: Any
+    info_topic: str | None
+    ground: GroundModel | None = None
+
+
+def _replay_message(
+    report: ReplayReport,
+    state: _ReplayState,
+    raw: Any,
+    typestore: Any,
+    perception: Perception,
+    writer: BagWriter,
+    options: ReplayOptions,
+    truth: _GroundTruthTracker | None,
+    on_frame: Callable[[int, np.ndarray, PerceptionResult], None] | None,
+) -> None:
+    """One message of the input bag: copied, and routed to ground truth, camera geometry or perception."""
+    if options.copy_input:
+        writer.copy_raw(raw)
+    if raw.topic == report.gt_topic and truth is not None:
+        try:
+            msg = typestore.deserialize_cdr(raw.rawdata, raw.msgtype)
+            truth.add_truth(stamp_to_ns(msg.header), image_to_array(msg))
+        except (MessageConversionError, AnomalySegError) as error:
+            _reject(report, error, raw.topic)
+        except Exception as error:  # a CDR payload that does not even deserialise
+            _reject(report, MessageConversionError(f"undecodable ground truth: {error}", reason="cdr"), raw.topic)
+        return
+    if raw.topic == state.info_topic:
+        try:
+            info = typestore.deserialize_cdr(raw.rawdata, raw.msgtype)
+            state.ground = GroundModel.from_camera_info(info, options.camera_height_m, options.camera_pitch_rad)
+        except ValueError as error:
+            _reject(report, MessageConversionError(f"{error}", reason="camera_info"), raw.topic)
+        return
+    if raw.topic != report.camera_topic:
+        return
+    state.progress.update(1)
+    _replay_frame(report, raw, typestore, perception, writer, options, state.ground, truth, on_frame)
 
 
 def _replay_frame(
@@ -519,9 +607,12 @@ def _replay_frame(
 
 
 def is_bag(path: Path) -> bool:
-    """A rosbag2 folder (has metadata.yaml) or a single .mcap / .db3 file."""
-    return (path.is_dir() and (path / "metadata.yaml").is_file()) or (
-        path.is_file() and path.suffix in (".mcap", ".db3")
+    """A rosbag2 folder (has metadata.yaml), a single .mcap / .db3 file, or the folder of a recording
+    that was cut off (one .mcap, no metadata.yaml; see :func:`~anomaly_seg_ros.replay.bagio.truncated_mcap`)."""
+    return (
+        (path.is_dir() and (path / "metadata.yaml").is_file())
+        or (path.is_file() and path.suffix in (".mcap", ".db3"))
+        or truncated_mcap(path) is not None
     )
 
 
@@ -590,13 +681,19 @@ def replay_bags(
     for bag, _ in pairs:  # topic problems surface before the first bag is replayed
         find_topics(bag, options)
     pooled = new_pooled_metrics(perception, options)
-    reports = []
+    reports: list[ReplayReport] = []
     for bag, target in pairs:
         if progress:
             log.info("replaying %s into %s", bag, target)
         # accumulated per bag and merged in bag order, as a parallel run does: the two agree exactly
         contribution = new_pooled_metrics(perception, options)
-        reports.append(replay_bag(bag, target, perception, options, progress=progress, pooled=contribution))
+        try:
+            reports.append(replay_bag(bag, target, perception, options, progress=progress, pooled=contribution))
+        except ReplayStopped as stopped:  # the bags before it, and it up to the stop, make the partial report
+            pooled.merge(contribution)
+            stopped.reports = [*reports, *stopped.reports]
+            stopped.pooled = pooled
+            raise
         pooled.merge(contribution)
     return MultiReplay(reports, pooled)
 

@@ -49,7 +49,7 @@ def _ament_share_dirs() -> list[Path]:
     for package in ("anomaly_seg_ros", MSG_PACKAGE):
         try:
             found.append(Path(get_package_share_directory(package)) / "msg")
-        except (LookupError, OSError, ValueError):
+        except (LookupError, OSError, ValueError):  # OSError: ament_index_python installed, no workspace sourced
             continue
     return found
 

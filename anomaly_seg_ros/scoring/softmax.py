@@ -92,6 +92,21 @@ class MaxEntropy(TemperatureScorer):
         weighted = (exps * shifted).sum(dim=1)
         return (total.log() - weighted / total) / math.log(logits.shape[1])
 
+    @staticmethod
+    def fused_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """The same formula written for ``torch.compile`` (the pipeline's fused score stage).
+
+        ``exp(z - max)`` is written once per sum: shared by both sums, Inductor stores it as a
+        full-size tensor (40 MB at 19x512x1024) between two loops; written twice, it computes it
+        inline in one loop with both sums (one exp per value after common-subexpression
+        elimination). In eager PyTorch that would cost a second exp pass, hence :meth:`score`.
+        """
+        scaled = _scaled(logits, temperature)
+        shifted = scaled - scaled.amax(dim=1, keepdim=True)
+        total = shifted.exp().sum(dim=1)
+        weighted = (shifted.exp() * shifted).sum(dim=1)
+        return (total.log() - weighted / total) / math.log(logits.shape[1])
+
 
 @register_scorer
 class Energy(TemperatureScorer):

@@ -5,6 +5,7 @@ detection-delay metrics; see :mod:`anomaly_seg_ros.replay.report`)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from anomaly_seg_ros.common.errors import ConfigError
@@ -12,7 +13,10 @@ from anomaly_seg_ros.core.config import load_config
 from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.replay.parallel import make_jobs, replay_parallel
 from anomaly_seg_ros.replay.report import markdown_report, write_bag_report
-from anomaly_seg_ros.replay.runner import ReplayOptions, plan_outputs, replay_bags
+from anomaly_seg_ros.replay.runner import ReplayOptions, ReplayStopped, plan_outputs, replay_bags
+
+#: Exit status of a run stopped by Ctrl-C (128 + SIGINT, the shell's convention).
+EXIT_INTERRUPTED = 130
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -77,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"model.weights={args.weights}"] if args.weights else [])
     config = load_config(args.config, overrides)
     _check_scale(args)
+    parallel = args.workers is not None or args.ray is not None
+    # A serial run loads the model before any work, so a bad checkpoint stops it with the file named;
+    # a parallel run's workers each load their own (a failing worker fails its bag, see replay.parallel).
+    perception = None if parallel else Perception.from_config(config)
     options = ReplayOptions(
         topic=args.topic,
         gt_topic=args.gt_topic,
@@ -88,25 +96,39 @@ def run(args: argparse.Namespace) -> int:
         pooled_score_range=tuple(args.score_range) if args.score_range else None,
     )
     pairs = plan_outputs(args.bag, args.out)
-    failures: list[dict[str, str]] = []
-    if args.workers is not None or args.ray is not None:
-        jobs = make_jobs(pairs, args.config, overrides, options)
-        replayed = replay_parallel(
-            jobs,
-            workers=args.workers,
-            ray_address=args.ray,
-            cpus_per_task=args.cpus_per_task,
-            progress=not args.no_progress,
-        )
-        failures = replayed.failures
-        if not replayed.reports:
-            for failure in failures:
-                print(f"FAILED {failure['bag']}: {failure['error']}")
-            print("no bag was replayed; no report written")
-            return 1
-    else:
-        replayed = replay_bags(pairs, Perception.from_config(config), options, progress=not args.no_progress)
     folder = Path(args.report or f"{args.out.rstrip('/')}_report")
+    failures: list[dict[str, str]] = []
+    try:
+        if parallel:
+            jobs = make_jobs(pairs, args.config, overrides, options)
+            replayed = replay_parallel(
+                jobs,
+                workers=args.workers,
+                ray_address=args.ray,
+                cpus_per_task=args.cpus_per_task,
+                progress=not args.no_progress,
+            )
+            failures = replayed.failures
+            if not replayed.reports:
+                for failure in failures:
+                    print(f"FAILED {failure['bag']}: {failure['error']}")
+                print("no bag was replayed; no report written")
+                return 1
+        else:
+            replayed = replay_bags(pairs, perception, options, progress=not args.no_progress)
+    except ReplayStopped as stopped:
+        # Ctrl-C or an unexpected error: the output bags are closed; report what was replayed, say where it stopped
+        pooled = stopped.pooled if len(pairs) > 1 else None
+        write_bag_report(
+            folder,
+            stopped.reports,
+            pixel_metrics=pooled.pixels if pooled else None,
+            component_metrics=pooled.components if pooled else None,
+            plots=False,
+            partial=stopped.summary(),
+        )
+        print(f"anomaly-seg bag: {stopped}; output bag closed, partial report written to {folder}", file=sys.stderr)
+        return EXIT_INTERRUPTED if stopped.interrupted else 1
     pooled = replayed.pooled if len(pairs) > 1 else None  # one bag: its own accumulators are the pooled ones
     document = write_bag_report(
         folder,

@@ -9,6 +9,7 @@ from pathlib import Path
 from anomaly_seg_ros.benchmarking.speed import benchmark, markdown
 from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.evaluation.grid import parse_scorer_spec
+from anomaly_seg_ros.inference.backends import BACKENDS, PRECISIONS
 from anomaly_seg_ros.scoring import available_scorers
 
 
@@ -32,8 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar=("H", "W"),
         help="camera frame size; repeat for several (default: the network input size)",
     )
-    parser.add_argument("--backend", choices=("auto", "tensorrt", "compile", "eager"), default="auto")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--no-fallback", action="store_true", help="fail instead of falling back to another backend")
     parser.add_argument(
@@ -51,7 +52,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--iterations", type=int, default=20, help="timed iterations per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations before each measurement")
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads (0 = the thread policy's default: every core)"
+    )
+    parser.add_argument(
+        "--contention",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time the forward alternately without and with N busy neighbour processes it starts",
+    )
+    parser.add_argument(
+        "--no-full-call", action="store_true", help="skip the full perception call (forward, scorers, contention only)"
+    )
     parser.add_argument("--render", action="store_true", help="include the colour views in the full call")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
@@ -70,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--scorers/--scorer: a scorer is listed twice: {keys}")
     if args.iterations < 1 or args.warmup < 0:
         raise ConfigError("--iterations must be >= 1 and --warmup >= 0")
+    if args.contention < 0:
+        raise ConfigError(f"--contention: expected a number of neighbour processes >= 0, got {args.contention}")
     report = benchmark(
         checkpoint=args.checkpoint,
         model_name=args.model,
@@ -88,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         warmup=args.warmup,
         render=args.render,
+        contention=args.contention,
+        full_call=not args.no_full_call,
     )
     text = markdown(report)
     print(text, end="")

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from anomaly_seg_ros.common.errors import AnomalySegError
+from anomaly_seg_ros.inference.threads import apply_wait_policy
 
 SUBCOMMANDS: tuple[str, ...] = (
     "synth",
@@ -43,8 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before any subcommand imports torch: OpenMP reads its wait policy once, when it loads.
+    apply_wait_policy()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the subcommand's usage, not the top level's (argparse's default)
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -54,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AnomalySegError as error:
         print(f"anomaly-seg {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a replay loop (which keeps its partial results itself)
+        print(f"anomaly-seg {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

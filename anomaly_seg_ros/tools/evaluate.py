@@ -13,6 +13,8 @@ parameters after ``@``: ``msp@T=0.5``, ``msp@T=fitted`` (the checkpoint's ``temp
 A scorer without a temperature runs at T = 1, the seed's baseline rows; the perception
 pipeline applies a calibrated checkpoint's temperature, which is ``NAME@T=fitted`` here.
 
+``--checkpoint``, ``--scorer`` and ``--dataset`` take several values each (and may be repeated).
+
 Example (the seed's Table 2 on synthetic data)::
 
     anomaly-seg evaluate --checkpoint checkpoints/erfnet_synthetic.safetensors \\
@@ -52,21 +54,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # list options take several values and may repeat: --scorer msp maxlogit == --scorer msp --scorer maxlogit
     parser.add_argument(
-        "--checkpoint", action="append", required=True, type=Path, metavar="CKPT", help="checkpoint (repeatable)"
+        "--checkpoint",
+        action="extend",
+        nargs="+",
+        required=True,
+        type=Path,
+        metavar="CKPT",
+        help="checkpoints: our .safetensors or a bare PyTorch state_dict (.pth; network and class count inferred)",
     )
     parser.add_argument(
         "--scorer",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="SPEC",
-        help=f"NAME[@KEY=VALUE,...], e.g. msp@T=0.5 (repeatable; default: {', '.join(DEFAULT_SCORERS)})",
+        help=f"scorers NAME[@KEY=VALUE,...], e.g. msp@T=0.5 (default: {', '.join(DEFAULT_SCORERS)})",
     )
     parser.add_argument(
         "--dataset",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="KIND:ROOT",
-        help="anomaly dataset, e.g. synthetic:/tmp/synth (repeatable)",
+        help="anomaly datasets, e.g. synthetic:/tmp/synth or auto:ROOT (the kind is detected and named)",
     )
     parser.add_argument("--segmentation", type=Path, metavar="ROOT", help="Cityscapes-layout root for mIoU")
     parser.add_argument("--segmentation-split", default="val", help="split of --segmentation (default: %(default)s)")
