@@ -124,7 +124,8 @@ class Perception:
             if threshold is None:
                 raise ConfigError(
                     f"alerts.threshold: no threshold set and the checkpoint has none calibrated for "
-                    f"scorer {config.scorer.name!r}; set alerts.threshold"
+                    f"scorer {config.scorer.name!r}; set alerts.threshold, or calibrate one with "
+                    f"`anomaly-seg calibrate --checkpoint CKPT --data ROOT --config CONFIG`"
                 )
         value_range = config.render.heatmap_range or calibration.get("range") or scorer.display_range
         if value_range is None:

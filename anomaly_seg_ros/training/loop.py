@@ -304,10 +304,15 @@ def calibrate_scorers(
     for name in scorers:
         inside = np.concatenate(region_scores[name])
         if inside.size == 0:
-            raise ConfigError(
-                f"calibration needs labelled in-distribution pixels inside the alert region (alerts.roi "
-                f"{alerts.roi!r}) in the validation split, and found none"
+            # A run must not end in an error after its training is done: the checkpoint is kept
+            # without thresholds, and the pipeline names `anomaly-seg calibrate` when one is needed.
+            log.warning(
+                "no alert threshold calibrated: the model predicts no labelled in-distribution pixel inside the "
+                "alert region (alerts.roi %r) of the validation split; set alerts.threshold or run "
+                "`anomaly-seg calibrate --config CONFIG` on a better model",
+                alerts.roi,
             )
+            return {}
         threshold = float(np.quantile(inside, 1.0 - config.calibration_road_fpr))
         low = float(np.quantile(np.concatenate(all_scores[name]), 0.05))
         high = threshold + 0.5 * max(threshold - low, 1e-6)

@@ -125,6 +125,11 @@ def calibrate_checkpoint(
         meta["calibration"] = calibrate_scorers(
             model, loader, config, temperature=new, device=torch_device, alerts=alerts
         )
+        if not meta["calibration"]:
+            raise ConfigError(
+                f"{checkpoint}: no alert threshold can be calibrated: the model predicts no labelled "
+                f"in-distribution pixel inside the alert region (alerts.roi {alerts.roi!r}) of {data} split {split}"
+            )
         for entry in meta["calibration"].values():
             entry["region"]["config"] = source
     target = Path(output) if output is not None else checkpoint
