@@ -169,8 +169,18 @@ def test_training_step_uses_the_configured_criterion_and_logs_every_epoch(small,
 
     monkeypatch.setattr(loop, "build_criterion", spy)
     specs = [{"name": "focal", "gamma": 2.0, "weight": 0.5}, {"name": "ce", "weight": 0.25}]
+    # A two-step model on four tiny scenes predicts no drivable area to calibrate in; the whole
+    # frame as alert region keeps this test about the criterion, the logs and the calibrated scorers.
+    whole_frame = tmp_path / "alerts.yaml"
+    whole_frame.write_text("alerts:\n  roi: none\n")
     config = _small_config(
-        small, losses=specs, class_weights="inverse_frequency", num_classes=20, epochs=2, tensorboard=True
+        small,
+        losses=specs,
+        class_weights="inverse_frequency",
+        num_classes=20,
+        epochs=2,
+        tensorboard=True,
+        alerts_config=str(whole_frame),
     )
     history = train(config, tmp_path / "run", progress=False)
 
