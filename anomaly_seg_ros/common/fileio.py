@@ -10,6 +10,9 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def atomic_write(path: str | os.PathLike[str], writer: Callable[[Path], None], *, suffix: str = ".tmp") -> Path:
@@ -41,3 +44,16 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> Path:
             os.fsync(handle.fileno())
 
     return atomic_write(path, write)
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for what reports and cell files hold: numpy values, tuples, sets, paths."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple | set):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

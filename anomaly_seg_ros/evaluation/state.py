@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from anomaly_seg_ros.common.fileio import atomic_write
+from anomaly_seg_ros.common.fileio import atomic_write, json_default
 from anomaly_seg_ros.metrics import StreamingOODMetrics
 
 
@@ -70,16 +70,6 @@ def write_json(path: Path, document: Any) -> None:
     write_atomically(
         path, lambda handle: handle.write((json.dumps(document, indent=2, default=json_default) + "\n").encode())
     )
-
-
-def json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray | tuple):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
 def save_examples(path: Path, examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:

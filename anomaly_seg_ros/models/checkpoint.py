@@ -84,6 +84,20 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, metadata:
     return atomic_write_bytes(path, payload)
 
 
+def default_metadata(name: str, num_classes: int, head: str) -> dict[str, Any]:
+    """What a checkpoint of registered network ``name`` records when nothing else is known: its builder's defaults."""
+    defaults = model_defaults(name)
+    return {
+        "model": name,
+        "num_classes": num_classes,
+        "mean": list(defaults["mean"]),
+        "std": list(defaults["std"]),
+        "input_size": list(defaults["input_size"]),
+        "temperature": 1.0,
+        "head": head,
+    }
+
+
 def _checkpoint_metadata(model: nn.Module, metadata: Mapping[str, Any]) -> dict[str, Any]:
     """Model-derived and registry-default metadata, overridden and extended by the caller's."""
     name = getattr(model, "model_name", None)
@@ -96,16 +110,7 @@ def _checkpoint_metadata(model: nn.Module, metadata: Mapping[str, Any]) -> dict[
     for key, actual in (("model", name), ("num_classes", num_classes), ("head", head)):
         if key in metadata and metadata[key] != actual:
             raise ConfigError(f"metadata[{key!r}] = {metadata[key]!r} contradicts the model ({actual!r})")
-    defaults = model_defaults(name)
-    meta: dict[str, Any] = {
-        "model": name,
-        "num_classes": num_classes,
-        "mean": list(defaults["mean"]),
-        "std": list(defaults["std"]),
-        "input_size": list(defaults["input_size"]),
-        "temperature": 1.0,
-        "head": head,
-    }
+    meta = default_metadata(name, num_classes, head)
     meta.update(metadata)
     meta.pop("recorded", None)  # defaults of a bare state_dict (load_model) are recorded once saved
     if "class_names" not in meta:
@@ -269,17 +274,8 @@ def _load_bare_state_dict(
     model = build_model(name, num_classes=classes)
     model.load_state_dict(_check_state_dict(model, state, path), strict=True)
     defaults = model_defaults(name)
-    meta: dict[str, Any] = {
-        "model": name,
-        "num_classes": classes,
-        "mean": list(defaults["mean"]),
-        "std": list(defaults["std"]),
-        "input_size": list(defaults["input_size"]),
-        "temperature": 1.0,
-        "head": "linear",
-        "source": str(path),
-        "recorded": False,  # the values above are defaults, not the checkpoint's own
-    }
+    meta = default_metadata(name, classes, "linear")
+    meta |= {"source": str(path), "recorded": False}  # the values above are defaults, not the checkpoint's own
     try:
         meta["class_names"] = list(default_class_names(classes))
     except ValueError:

@@ -32,6 +32,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from anomaly_seg_ros.common.errors import ConfigError
+from anomaly_seg_ros.common.fileio import json_default
 from anomaly_seg_ros.core.config import load_config
 from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.metrics import StreamingOODMetrics
@@ -104,7 +105,7 @@ def replay_job(job: ReplayJob) -> BagResult:
         pooled = new_pooled_metrics(perception, job.options)
         report = replay_bag(job.bag, job.out, perception, job.options, pooled=pooled)
         summary = report.summary() | {"frame_rows": [record.row() for record in report.frame_records]}
-        summary_path(job.out).write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
+        summary_path(job.out).write_text(json.dumps(summary, indent=1, default=json_default) + "\n")
     except Exception as error:  # one bad bag must not stop the others: it is reported by the driver
         log.exception("replay of %s failed", job.bag)
         return BagResult(job.bag, job.out, error=f"{type(error).__name__}: {error}")
@@ -298,13 +299,3 @@ def _ray_get(get: Callable, ref: object, job: ReplayJob, errors: type[Exception]
         return get(ref)
     except errors as error:  # the task's worker or node died: this bag failed, the others go on
         return BagResult(job.bag, job.out, error=f"Ray task failed: {type(error).__name__}: {error}")
-
-
-def _json_default(value: object) -> object:
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple | set):
-        return list(value)
-    raise TypeError(f"cannot write {type(value).__name__} to the bag summary")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from anomaly_seg_ros.common.fileio import json_default
 from anomaly_seg_ros.evaluation.plots import plot_pr_curve
 from anomaly_seg_ros.metrics.ood import anomaly_ratio
 from anomaly_seg_ros.replay.records import ReplayReport, component_summary, pixel_summary
@@ -443,11 +444,11 @@ def write_bag_report(
     )
     if partial is not None:
         document["partial"] = partial
-    (folder / "report.json").write_text(json.dumps(document, indent=1, default=_json_default) + "\n")
+    (folder / "report.json").write_text(json.dumps(document, indent=1, default=json_default) + "\n")
     compact = (
         {k: v for k, v in document["bags"][0].items() if k != "frame_rows"} if len(reports) == 1 else document["total"]
     )
-    (folder / "metrics.json").write_text(json.dumps(compact, indent=2, default=_json_default) + "\n")
+    (folder / "metrics.json").write_text(json.dumps(compact, indent=2, default=json_default) + "\n")
     (folder / "report.md").write_text(markdown_report(document, plots=plots))
     write_frames_csv(folder / "frames.csv", reports)
     tracks = [track | {"bag": bag["name"]} for bag in document["bags"] for track in bag["alert_track_list"]]
@@ -466,11 +467,3 @@ def write_bag_report(
             folder / "pr_curve.png", {"all bags pooled": curve}, anomaly_ratio(document["total"]["pixel_metrics"])
         )
     return document
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple | set):
-        return list(value)
-    raise TypeError(f"cannot write {type(value).__name__} to the JSON report")
