@@ -1,7 +1,8 @@
 """A per-obstacle review of one replayed drive under a strict detection rule, with thumbnails.
 
-The replay report (:mod:`.runner`) counts an obstacle as detected by a pixel rule; this review
-answers the questions a reader of the demo asks, with a rule that a stray blob cannot satisfy:
+The replay report (:mod:`.runner`) counts an obstacle as detected when an alert box matches its
+ground-truth box one-to-one with IoU >= 0.5 (``runner.match_rule``). This review, written for the
+demo, uses a coverage rule instead (a second rule: unifying the two is open work) and adds thumbnails:
 
 - **alerted**: an alert box overlaps the obstacle's ground-truth box *substantially*: the
   intersection covers at least ``cover_truth`` (default 50 %) of the ground-truth box and at
