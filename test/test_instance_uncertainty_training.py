@@ -125,9 +125,9 @@ def test_precomputed_masks_weight_the_loss_by_one_plus_iu_squared(small, tmp_pat
         criterion = build_criterion(specs, **kwargs)
         forward = criterion.forward
 
-        def recording(output, target, *, pixel_weights=None):
+        def recording(output, target, *, pixel_weights=None, **kw):
             seen.append(pixel_weights.clone())
-            return forward(output, target, pixel_weights=pixel_weights)
+            return forward(output, target, pixel_weights=pixel_weights, **kw)
 
         criterion.forward = recording
         return criterion
@@ -159,9 +159,9 @@ def test_cotraining_weights_each_member_by_the_joint_instance_uncertainty(small,
         criterion = build_criterion(specs, **kwargs)
         forward = criterion.forward
 
-        def recording(output, target, *, pixel_weights=None):
+        def recording(output, target, *, pixel_weights=None, **kw):
             calls.append((output.logits.detach().double().clone(), target.clone(), pixel_weights.clone()))
-            return forward(output, target, pixel_weights=pixel_weights)
+            return forward(output, target, pixel_weights=pixel_weights, **kw)
 
         criterion.forward = recording
         return criterion
