@@ -51,7 +51,15 @@ def test_sigint_closes_the_output_bag_and_writes_a_partial_report(tmp_path, chec
     command = [sys.executable, "-m", "anomaly_seg_ros.tools.cli", "bag", str(bag), "--out", str(out)]
     # a larger network input than the checkpoint's keeps each frame slow enough to stop halfway
     command += ["--weights", str(checkpoint), "--set", "model.input_size=[256, 512]", "--no-plots"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A shell without job control starts background jobs with SIGINT ignored, and a Python started
+    # so keeps ignoring it (as `nohup` intends); the child gets the default disposition, as from a terminal.
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     stderr = bytearray()
 
     def pump() -> None:
