@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("rclpy", reason="rclpy is not installed: ROS 2 is not available on this machine")
-pytest.importorskip("launch_testing", reason="launch_testing is not installed (ROS 2 missing)")
+pytest.importorskip("launch_testing", reason="launch_testing is not installed (no pip wheel; apt ROS 2 has it)")
 pytest.importorskip("anomaly_seg_msgs", reason="anomaly_seg_msgs is not built: colcon build the msg/ package")
 
 import launch  # noqa: E402
