@@ -1,7 +1,9 @@
 """Readable demo reports: the PR-curve axis, overlays with colour bar / threshold / GT outline,
-and the per-obstacle drive review under the strict detection rule."""
+and the per-obstacle drive review under the replay report's detection rule."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +18,6 @@ from anomaly_seg_ros.replay.drive_review import (
     DriveRecorder,
     box_intersection,
     review_drive,
-    strict_hit,
     write_drive_review,
 )
 
@@ -64,18 +65,42 @@ def _result(boxes):
     return PerceptionResult(np.zeros((60, 100), np.uint8), np.zeros((60, 100), np.float32), alerts, "energy", 0.5)
 
 
-def test_strict_hit_needs_substantial_overlap_both_ways():
-    rule = DetectionRule()
-    truth = (10, 10, 10, 10)
-    assert box_intersection((15, 15, 10, 10), truth) == 25
-    assert strict_hit((10, 10, 10, 10), truth, rule)
-    assert not strict_hit((15, 15, 10, 10), truth, rule)  # a quarter of the obstacle: a corner
-    assert not strict_hit((0, 0, 40, 40), truth, rule)  # covers it, but 1/16 of the box is the obstacle
-    assert strict_hit((8, 8, 14, 14), truth, rule)
+def _still_obstacles(boxes_per_frame, frames, size=(60, 100)):
+    truth, recorder = [], DriveRecorder()
+    for _ in range(frames):
+        mask = np.zeros(size, np.uint8)
+        for x, y, w, h in boxes_per_frame:
+            mask[y : y + h, x : x + w] = 1
+        truth.append(mask)
+    return truth, recorder
+
+
+def test_review_uses_the_replay_reports_iou_rule_one_to_one():
+    truth_box = (10, 10, 10, 10)
+    assert box_intersection((15, 15, 10, 10), truth_box) == 25
+    # By hand: IoU of (10, 10, 10, 20) with the obstacle is 100 / 200 = 0.5 (matched); of (10, 10, 10, 21),
+    # 100 / 210 = 0.476 (not matched, though it covers the whole obstacle and half of it is the obstacle).
+    for alert_box, detected in (((10, 10, 10, 20), True), ((10, 10, 10, 21), False), ((8, 8, 14, 14), True)):
+        truth, recorder = _still_obstacles([truth_box], 3)
+        for index in range(3):
+            recorder(index, np.zeros((60, 100, 3), np.uint8), _result([(1, alert_box)] if index == 1 else []))
+        review = review_drive(recorder, truth, rule=DetectionRule(match_iou=0.5, min_area_px=100))
+        (row,) = review["obstacles"]
+        assert (row["first_alert_frame"] == 1) is detected, alert_box
+        assert [t["track_id"] for t in review["false_alert_tracks"]] == ([] if detected else [1])
+        assert "IoU >= 0.5" in review["rule"]
+    # Two alerts on one obstacle (IoU 1 and 100 / 120): one-to-one, the second is a false alert; an
+    # alert on nothing is false too, and the second obstacle, without an alert, is missed.
+    truth, recorder = _still_obstacles([(10, 10, 10, 10), (50, 10, 10, 10)], 1)
+    alerts = [(1, (10, 10, 10, 12)), (2, (10, 10, 10, 10)), (3, (80, 40, 5, 5))]
+    recorder(0, np.zeros((60, 100, 3), np.uint8), _result(alerts))
+    review = review_drive(recorder, truth, rule=DetectionRule(min_area_px=50))
+    assert [row["first_alert_frame"] for row in review["obstacles"]] == [0, None]
+    assert [(t["track_id"], t["overlaps_obstacle"]) for t in review["false_alert_tracks"]] == [(1, True), (3, False)]
 
 
 def test_review_times_each_obstacle_from_its_first_100_px_frame_and_finds_false_tracks(tmp_path):
-    # One obstacle growing from 6x6 (36 px) to 12x12 (144 px) at frame 3; alerted strictly at frame 5.
+    # One obstacle growing from 6x6 (36 px) to 12x12 (144 px) at frame 3; matched (IoU 1) at frame 5.
     truth, recorder = [], DriveRecorder(picks=[5])
     frame = np.zeros((60, 100, 3), np.uint8)
     for index in range(8):
@@ -85,7 +110,7 @@ def test_review_times_each_obstacle_from_its_first_100_px_frame_and_finds_false_
         truth.append(mask)
         boxes = [(7, (80, 5, 8, 8))]  # a track on the sky: false
         if index == 4:
-            boxes.append((8, (38, 28, 40, 30)))  # touches the obstacle, far too big: loose
+            boxes.append((8, (38, 28, 40, 30)))  # overlaps the obstacle, far too big (IoU 0.12): false
         if index >= 5:
             boxes.append((9, (40, 30, 12, 12)))
         recorder(index, frame, _result(boxes))
@@ -96,8 +121,7 @@ def test_review_times_each_obstacle_from_its_first_100_px_frame_and_finds_false_
     assert row["delay_frames"] == 2 and row["in_time"] and review["all_in_time"]
     # Flat ground: the foot row 41 is 21 rows below the horizon at f = 100: 1.5 * 100 / 21 m (on the axis-ish).
     assert row["distance_at_100px_m"] == pytest.approx(ground.project(46.0, 41.0).distance_m[0])
-    assert [t["track_id"] for t in review["false_alert_tracks"]] == [7]
-    assert [t["track_id"] for t in review["loose_alert_tracks"]] == [8]
+    assert [(t["track_id"], t["overlaps_obstacle"]) for t in review["false_alert_tracks"]] == [(7, False), (8, True)]
     assert review["false_alert_tracks"][0]["frames"] == 8
     page = write_drive_review(tmp_path, review, recorder)
     assert "| 1 | 0 | 3 |" in page and "in time" in page
@@ -114,3 +138,43 @@ def test_an_obstacle_alerted_too_late_is_not_in_time():
         recorder(index, np.zeros((60, 100, 3), np.uint8), _result([(1, (20, 20, 12, 12))] if index == 11 else []))
     (row,) = review_drive(recorder, truth, rule=DetectionRule(max_delay_frames=10))["obstacles"]
     assert row["delay_frames"] == 11 and not row["in_time"]
+
+
+def test_demo_train_reproduces_the_shipped_chain_of_four_trainings(monkeypatch, tmp_path):
+    """`anomaly-seg demo --train`: base -> OE stage 1 -> stage 2 -> 256x512 stage, each from the last's output."""
+    from anomaly_seg_ros.tools import demo
+
+    runs, datasets = [], []
+
+    def fake_datasets(out, *, num_train, num_val, num_anomaly, height, width, seed):
+        datasets.append((Path(out).name, height, width, seed))
+        return {"cityscapes_root": Path(out) / "cityscapes", "anomaly_root": Path(out) / "anomaly"}
+
+    def fake_train(config, out, progress):
+        runs.append(
+            (
+                Path(out).name,
+                config.input_size,
+                config.crop_size,
+                config.init_checkpoint,
+                config.data,
+                config.learning_rate,
+                config.epochs,
+                [loss["name"] for loss in config.losses],
+            )
+        )
+
+    monkeypatch.setattr(demo, "generate_datasets", fake_datasets)
+    monkeypatch.setattr(demo, "train", fake_train)
+    weights = demo._train_demo_model(tmp_path, progress=False)
+    assert datasets == [("train_data", 128, 256, 0), ("train_data_256", 256, 512, 0)]
+    names = [run[0] for run in runs]
+    assert names == ["model", "model_oe", "model_oe_stage2", "model_oe_256"]
+    base, stage1, stage2, stage3 = runs
+    assert base[3] == "" and stage1[3] == str(tmp_path / "model" / "best.safetensors")
+    assert stage2[3] == str(tmp_path / "model_oe" / "best.safetensors") and stage2[5] == 1e-4 and stage2[6] == 2
+    assert stage3[3] == str(tmp_path / "model_oe_stage2" / "best.safetensors")
+    assert (stage3[1], stage3[2]) == ((256, 512), (128, 256))
+    assert stage3[4] == str(tmp_path / "train_data_256" / "cityscapes")
+    assert "energy_margin" in stage3[7] and "energy_margin" in stage1[7]
+    assert weights == tmp_path / "model_oe_256" / "last.safetensors"

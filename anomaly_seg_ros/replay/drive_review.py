@@ -1,18 +1,16 @@
-"""A per-obstacle review of one replayed drive under a strict detection rule, with thumbnails.
+"""A per-obstacle review of one replayed drive, with thumbnails of the false alerts.
 
-The replay report (:mod:`.runner`) counts an obstacle as detected when an alert box matches its
-ground-truth box one-to-one with IoU >= 0.5 (``runner.match_rule``). This review, written for the
-demo, uses a coverage rule instead (a second rule: unifying the two is open work) and adds thumbnails:
+It uses the replay report's detection rule (:func:`.runner.match_alerts`, issue 16), so the
+demo's review and ``anomaly-seg bag``'s report cannot disagree about what was detected:
 
-- **alerted**: an alert box overlaps the obstacle's ground-truth box *substantially*: the
-  intersection covers at least ``cover_truth`` (default 50 %) of the ground-truth box and at
-  least ``cover_alert`` (25 %) of the alert box (so a box four times the obstacle's size, or
-  one clipping its corner, does not count);
+- **alerted**: in a frame, an alert box matches the obstacle's ground-truth box one-to-one with
+  box IoU >= ``match_iou`` (0.5; greedy, highest IoU first);
 - **in time**: the first such frame is at most ``max_delay_frames`` after the first frame in
-  which the obstacle's ground-truth mask covers ``min_area_px`` pixels;
-- **false alert track**: an alert track none of whose boxes intersects any ground-truth
-  obstacle box in any frame. Tracks that touch an obstacle without ever meeting the strict
-  rule are listed apart, as loose.
+  which the obstacle's ground-truth mask covers ``min_area_px`` pixels (the smallest component
+  the alerts can raise);
+- **false alert track**: an alert track none of whose alerts was ever matched to an obstacle.
+  Those that overlap an obstacle's box somewhere (too big, too small or off-centre to match) are
+  flagged, since they point at a localisation error rather than at a phantom.
 
 :class:`DriveRecorder` is the replay's ``on_frame`` hook: it keeps each frame's alert boxes,
 a thumbnail of every alert track's first frame, and the full frames picked for overlays.
@@ -33,6 +31,7 @@ from anomaly_seg_ros.core.alerts import BBox, bbox_iou
 from anomaly_seg_ros.core.ground import GroundModel
 from anomaly_seg_ros.core.perception import PerceptionResult
 from anomaly_seg_ros.replay.bagio import iter_messages
+from anomaly_seg_ros.replay.runner import match_alerts, match_rule
 from anomaly_seg_ros.ros.conversions import image_to_array
 
 THUMBNAIL_SIZE = 160
@@ -40,18 +39,16 @@ THUMBNAIL_SIZE = 160
 
 @dataclass(frozen=True)
 class DetectionRule:
-    """The strict rule of the module docstring."""
+    """The rule of the module docstring: the replay report's match, and the delay allowed."""
 
-    cover_truth: float = 0.5
-    cover_alert: float = 0.25
+    match_iou: float = 0.5
     min_area_px: int = 100
     max_delay_frames: int = 10
 
     def describe(self) -> str:
         return (
-            f"an alert box covering >= {100 * self.cover_truth:.0f} % of the obstacle's ground-truth box with "
-            f">= {100 * self.cover_alert:.0f} % of the alert box on it; in time = within {self.max_delay_frames} "
-            f"frames of the first frame where the ground-truth mask covers {self.min_area_px} px"
+            f"{match_rule(self.match_iou)}; in time = within {self.max_delay_frames} frames of the first frame "
+            f"where the ground-truth mask covers {self.min_area_px} px"
         )
 
 
@@ -60,16 +57,6 @@ def box_intersection(a: BBox, b: BBox) -> int:
     width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
     height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
     return max(width, 0) * max(height, 0)
-
-
-def strict_hit(alert: BBox, truth: BBox, rule: DetectionRule) -> bool:
-    """True when ``alert`` overlaps ``truth`` substantially (see :class:`DetectionRule`)."""
-    shared = box_intersection(alert, truth)
-    return (
-        shared > 0
-        and shared >= rule.cover_truth * truth[2] * truth[3]
-        and shared >= rule.cover_alert * alert[2] * alert[3]
-    )
 
 
 @dataclass
@@ -154,10 +141,11 @@ def review_drive(
     """Per obstacle: when and how far away it was first alerted; and the false alert tracks."""
     obstacles: list[_Obstacle] = []
     touched: set[int] = set()
-    strict_tracks: set[int] = set()
+    matched_tracks: set[int] = set()
     for index, mask in enumerate(truth):
         alerts = recorder.frames.get(index, _FrameAlerts()).boxes
         active = list(obstacles)
+        seen: list[_Obstacle] = []
         for box, area in _truth_components(mask):
             match = max(active, key=lambda o: bbox_iou(o.box, box), default=None)
             if match is None or bbox_iou(match.box, box) <= 0.0:
@@ -166,15 +154,16 @@ def review_drive(
             else:
                 active.remove(match)
             match.box = box
+            seen.append(match)
             if match.first_large is None and area >= rule.min_area_px:
                 match.first_large, match.large_box = index, box
-            for track_id, alert_box in alerts:
-                if box_intersection(alert_box, box) > 0:
-                    touched.add(track_id)
-                if strict_hit(alert_box, box, rule):
-                    strict_tracks.add(track_id)
-                    if match.first_hit is None:
-                        match.first_hit, match.hit_box = index, alert_box
+            touched.update(track_id for track_id, alert_box in alerts if box_intersection(alert_box, box) > 0)
+        pairs = match_alerts([o.box for o in seen], [alert_box for _, alert_box in alerts], rule.match_iou)
+        for o, a in pairs.items():
+            track_id, alert_box = alerts[a]
+            matched_tracks.add(track_id)
+            if seen[o].first_hit is None:
+                seen[o].first_hit, seen[o].hit_box = index, alert_box
     rows = []
     for obstacle in obstacles:
         delay = None
@@ -194,20 +183,20 @@ def review_drive(
             }
         )
     tracks = sorted(recorder.thumbnails)
-    false_tracks = [t for t in tracks if t not in touched]
-    loose_tracks = [t for t in tracks if t in touched and t not in strict_tracks]
     return {
         "rule": rule.describe(),
         "obstacles": rows,
         "all_in_time": bool(rows) and all(row["in_time"] for row in rows),
         "alert_tracks": len(tracks),
         "false_alert_tracks": [
-            {"track_id": t, "first_frame": recorder.first_frame[t], "frames": _track_frames(recorder, t)}
-            for t in false_tracks
-        ],
-        "loose_alert_tracks": [
-            {"track_id": t, "first_frame": recorder.first_frame[t], "frames": _track_frames(recorder, t)}
-            for t in loose_tracks
+            {
+                "track_id": t,
+                "first_frame": recorder.first_frame[t],
+                "frames": _track_frames(recorder, t),
+                "overlaps_obstacle": t in touched,
+            }
+            for t in tracks
+            if t not in matched_tracks
         ],
     }
 
@@ -221,11 +210,11 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def write_drive_review(folder: str | Path, review: dict[str, Any], recorder: DriveRecorder) -> str:
-    """Thumbnails of the false and loose alert tracks under ``folder/alerts/``; returns the Markdown section."""
+    """Thumbnails of the false alert tracks under ``folder/alerts/``; returns the Markdown section."""
     folder = Path(folder)
     (folder / "alerts").mkdir(parents=True, exist_ok=True)
     lines = [
-        "## Obstacles of the drive (strict rule)",
+        "## Obstacles of the drive: alerted in time?",
         "",
         f"Rule: {review['rule']}.",
         "",
@@ -242,24 +231,25 @@ def write_drive_review(folder: str | Path, review: dict[str, Any], recorder: Dri
             f"| {row['delay_frames'] if row['delay_frames'] is not None else '–'} | {_fmt(row['delay_s'], 2)} "
             f"| {_fmt(row['distance_at_alert_m'])} | {verdict} |"
         )
-    false_tracks, loose = review["false_alert_tracks"], review["loose_alert_tracks"]
+    false_tracks = review["false_alert_tracks"]
+    overlapping = sum(item["overlaps_obstacle"] for item in false_tracks)
     lines += [
         "",
-        f"## False alerts: {len(false_tracks)} of {review['alert_tracks']} alert tracks touch no obstacle",
+        f"## False alert tracks: {len(false_tracks)} of {review['alert_tracks']} never matched an obstacle "
+        f"({overlapping} of them overlap one's box)",
         "",
     ]
-    for title, items in (("false", false_tracks), ("loose (touch an obstacle, never the strict rule)", loose)):
-        if not items:
-            continue
+    if false_tracks:
         lines += [
-            f"{title}:",
-            "",
-            "| track | first frame | frames | thumbnail (first frame) |",
-            "| --- | --- | --- | --- |",
+            "| track | first frame | frames | overlaps an obstacle | thumbnail (first frame) |",
+            "| --- | --- | --- | --- | --- |",
         ]
-        for item in items:
+        for item in false_tracks:
             name = f"alerts/track_{item['track_id']:03d}.png"
             cv2.imwrite(str(folder / name), cv2.cvtColor(recorder.thumbnails[item["track_id"]], cv2.COLOR_RGB2BGR))
-            lines.append(f"| {item['track_id']} | {item['first_frame']} | {item['frames']} | ![]({name}) |")
+            overlaps = "yes" if item["overlaps_obstacle"] else "no"
+            lines.append(
+                f"| {item['track_id']} | {item['first_frame']} | {item['frames']} | {overlaps} | ![]({name}) |"
+            )
         lines.append("")
     return "\n".join(lines) + "\n"
