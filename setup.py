@@ -55,7 +55,7 @@ setup(
     entry_points={
         "console_scripts": [
             "anomaly-seg = anomaly_seg_ros.tools.cli:main",
-            "anomaly_seg_node = anomaly_seg_ros.ros.node:main",
+            "anomaly_seg_node = anomaly_seg_ros.ros:main",
         ],
     },
 )

@@ -141,7 +141,11 @@ class RosGraph:
 class NodeProcess:
     """``anomaly_seg_node --ros-args ...`` in its own process; output captured to a file."""
 
-    def __init__(self, args: list[str], log_path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], log_path, env: dict[str, str] | None = None, *, ignore_sigint: bool = False
+    ) -> None:
+        """``ignore_sigint``: start it with SIGINT ignored, as a background job's children are."""
+        import signal
         import subprocess
         import sys
         from pathlib import Path
@@ -150,7 +154,11 @@ class NodeProcess:
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [str(executable), *args], stdout=self._log, stderr=subprocess.STDOUT, env=env or ros_graph_env()
+            [str(executable), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env or ros_graph_env(),
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None,
         )
 
     @property

@@ -500,6 +500,16 @@ def test_signal_while_the_model_loads_is_a_clean_stop(assets, tmp_path, sig):
     _assert_clean_exit(node, sig)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_torch_and_rclpy_are_imported_is_a_clean_stop(tmp_path, sig):
+    """Before rclpy.init (importing torch and rclpy takes seconds): exit 0, no traceback, even when
+    the node is started with SIGINT ignored, as a background job's children are."""
+    node = NodeProcess(node_args({"model.weights": str(DEMO_CHECKPOINT)}), tmp_path / "node.log", ignore_sigint=True)
+    time.sleep(0.4)  # the interpreter is up and importing; the node has logged nothing yet
+    assert "loading model" not in node.output
+    _assert_clean_exit(node, sig)
+
+
 # ------------------------------------------------------- transport, overload, memory soak
 
 
