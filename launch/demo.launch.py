@@ -4,6 +4,9 @@
     ros2 launch anomaly_seg_ros demo.launch.py bag:=demo_output/bags/drive_mcap \
         weights:=checkpoints/erfnet_synthetic_oe.safetensors
 
+The node runs config/demo_node.yaml: the demo model's scorer and alert region (config/demo.yaml,
+the ego hood kept out) in the node's parameter layout.
+
 The bag is played on wall time (no --clock): a looping clock would jump backwards at each
 loop, which nodes on sim time treat as a reset.
 """
@@ -33,6 +36,7 @@ def generate_launch_description() -> LaunchDescription:
             IncludeLaunchDescription(
                 PythonLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "pipeline.launch.py"])),
                 launch_arguments={
+                    "params_file": PathJoinSubstitution([share, "config", "demo_node.yaml"]),
                     "camera_topic": "/camera/image_raw",
                     "camera_info_topic": "/camera/camera_info",
                     "weights": LaunchConfiguration("weights"),

@@ -51,7 +51,25 @@ def test_demo_launch_arguments_are_passed_to_the_pipeline():
         if isinstance(key, ast.Constant)
     }
     assert passed <= set(_declared_arguments(LAUNCH / "pipeline.launch.py"))
-    assert '"--loop"' in demo.read_text(encoding="utf-8")
+    text = demo.read_text(encoding="utf-8")
+    assert '"--loop"' in text
+    assert '"params_file": PathJoinSubstitution([share, "config", "demo_node.yaml"])' in text
+
+
+def test_demo_node_parameters_are_the_demo_config():
+    """config/demo_node.yaml (the node's parameters in demo.launch.py) is config/demo.yaml converted, plus
+    the synthetic camera's height: the launched demo runs what `anomaly-seg demo` runs."""
+    from anomaly_seg_ros.core.config import load_config
+    from anomaly_seg_ros.data import camera_intrinsics
+    from anomaly_seg_ros.ros.parameters import config_from_parameters, parameters_from_config
+    from anomaly_seg_ros.tools.demo import BAG_SEED
+
+    values = yaml.safe_load((ROOT / "config/demo_node.yaml").read_text(encoding="utf-8"))["/**"]["ros__parameters"]
+    demo = load_config(ROOT / "config/demo.yaml")
+    camera = camera_intrinsics(BAG_SEED, height=512, width=1024)
+    assert values == parameters_from_config(demo) | {"ground.camera_height_m": camera.mount_height}
+    assert values["scorer.name"] == "energy" and values["alerts.roi"] == "drivable_and_polygon"
+    assert config_from_parameters(values).alerts == demo.alerts
 
 
 def test_launch_parameter_overrides_exist():
