@@ -91,6 +91,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--steps-per-epoch", type=int, default=40, help="optimiser steps per epoch (0 = all)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="extra training setting, e.g. threads=1"
+    )
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -107,6 +110,7 @@ def main() -> int:
                 "class_weights=enet",
                 "tensorboard=false",
                 *overrides,
+                *args.set,
             ]
             _cli(
                 "train",

@@ -3,11 +3,12 @@
 1. held-out synthetic scenes: a Cityscapes-layout validation split and an anomaly set,
 2. the demo model: ``checkpoints/erfnet_synthetic_oe.safetensors`` (ERFNet trained on the
    synthetic scenes with ``config/train_synthetic.yaml``, then fine-tuned with outlier exposure
-   by ``config/train_synthetic_oe.yaml``; ``--train`` runs both here),
+   by ``config/train_synthetic_oe.yaml`` at 128x256 and ``config/train_synthetic_oe_256.yaml`` at
+   256x512; ``--train`` runs all of it here),
 3. a synthetic driving rosbag (mcap) with anomalies that appear far away and grow,
 4. that bag replayed through the perception core into an output bag,
 5. a report folder: metrics (JSON + Markdown), PR curves, overlay images (colour bar, threshold,
-   ground-truth outline) and a per-obstacle review under a strict detection rule with thumbnails
+   ground-truth outline) and a per-obstacle review under the replay report's detection rule, with thumbnails
    of the false alerts (:mod:`anomaly_seg_ros.replay.drive_review`).
 """
 
@@ -33,13 +34,19 @@ from anomaly_seg_ros.data.synthetic import render_scene
 from anomaly_seg_ros.evaluation.grid import evaluate_scorers, evaluate_segmentation
 from anomaly_seg_ros.evaluation.plots import plot_pr_curve
 from anomaly_seg_ros.metrics.ood import anomaly_ratio
-from anomaly_seg_ros.replay.drive_review import DriveRecorder, read_ground_truth, review_drive, write_drive_review
+from anomaly_seg_ros.replay.drive_review import (
+    DetectionRule,
+    DriveRecorder,
+    read_ground_truth,
+    review_drive,
+    write_drive_review,
+)
 from anomaly_seg_ros.replay.runner import ReplayOptions, replay_bag
 from anomaly_seg_ros.replay.summary import markdown_summary, save_rgb, write_report
 from anomaly_seg_ros.replay.synthetic_bag import SequenceTopics, write_sequence_bag
 from anomaly_seg_ros.scoring import logit_scorers
 from anomaly_seg_ros.tools.demo_live import markdown, run_live
-from anomaly_seg_ros.training import BEST_CHECKPOINT, load_train_config, train
+from anomaly_seg_ros.training import BEST_CHECKPOINT, TrainConfig, load_train_config, train
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CHECKPOINT = REPO / "checkpoints" / "erfnet_synthetic_oe.safetensors"
@@ -48,9 +55,14 @@ TRAIN_CONFIG = REPO / "config" / "train_synthetic.yaml"
 OE_TRAIN_CONFIG = REPO / "config" / "train_synthetic_oe.yaml"
 #: The shipped model's second fine-tuning stage (see the header of OE_TRAIN_CONFIG).
 OE_STAGE2_LEARNING_RATE, OE_STAGE2_EPOCHS = 1e-4, 2
+#: Its third stage, at twice the input resolution on scenes synthesised at that size.
+OE_256_TRAIN_CONFIG = REPO / "config" / "train_synthetic_oe_256.yaml"
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
 #: Dataset seed of the demo's held-out scenes; the demo model was trained on seed 0.
 HELD_OUT_SEED = 1
+#: Their size, whatever the model's input: the held-out set of docs/outlier_exposure.md, so that
+#: models of different input sizes are compared on the same scenes.
+HELD_OUT_SIZE = (256, 512)
 OVERLAYS = 6
 EVALUATION_SETS = {
     "all_pixels": "all pixels (Road Anomaly / Fishyscapes style)",
@@ -72,7 +84,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--train",
         action="store_true",
         help="retrain the demo model first: config/train_synthetic.yaml from scratch, then the outlier-exposure "
-        "fine-tuning of config/train_synthetic_oe.yaml (about 60 min on 2 idle cores)",
+        "fine-tuning of config/train_synthetic_oe.yaml and config/train_synthetic_oe_256.yaml "
+        "(about 2 h on 2 idle cores)",
     )
     parser.add_argument("--config", help="perception YAML (default: config/demo.yaml)")
     parser.add_argument("--frames", type=int, default=120, help="frames in the synthetic bag (default: %(default)s)")
@@ -92,13 +105,9 @@ def _existing(path: Path, what: str) -> Path:
 
 def _train_demo_model(out: Path, progress: bool) -> Path:
     """Reproduce the shipped checkpoint: the data and training commands of config/train_synthetic.yaml,
-    then the outlier-exposure fine-tuning of config/train_synthetic_oe.yaml on top of it."""
-    config = load_train_config(TRAIN_CONFIG)
-    height, width = config.input_size
-    data = generate_datasets(
-        out / "train_data", num_train=600, num_val=60, num_anomaly=60, height=height, width=width, seed=config.seed
-    )
-    config.data = str(data["cityscapes_root"])
+    then the outlier-exposure fine-tuning of config/train_synthetic_oe.yaml on top of it (two stages at
+    128x256) and of config/train_synthetic_oe_256.yaml (a third at 256x512)."""
+    config, data = _config_and_data(TRAIN_CONFIG, out / "train_data")
     train(config, out / "model", progress=progress)
     fine_tune = load_train_config(
         OE_TRAIN_CONFIG,
@@ -113,7 +122,23 @@ def _train_demo_model(out: Path, progress: bool) -> Path:
     fine_tune.init_checkpoint = str(out / "model_oe" / BEST_CHECKPOINT)
     fine_tune.learning_rate, fine_tune.epochs = OE_STAGE2_LEARNING_RATE, OE_STAGE2_EPOCHS
     train(fine_tune, out / "model_oe_stage2", progress=progress)
-    return out / "model_oe_stage2" / BEST_CHECKPOINT
+    stage3, data = _config_and_data(
+        OE_256_TRAIN_CONFIG, out / "train_data_256", init_checkpoint=str(out / "model_oe_stage2" / BEST_CHECKPOINT)
+    )
+    stage3.anomaly_val = [str(data["anomaly_root"])]
+    train(stage3, out / "model_oe_256", progress=progress)
+    return out / "model_oe_256" / BEST_CHECKPOINT
+
+
+def _config_and_data(path: Path, folder: Path, **overrides: str) -> tuple[TrainConfig, dict[str, Path]]:
+    """The training config of ``path`` and its synthetic scenes (seed 0 at the config's input size) in ``folder``."""
+    config = load_train_config(path, {"data": str(folder / "cityscapes"), **overrides})
+    height, width = config.input_size
+    data = generate_datasets(
+        folder, num_train=600, num_val=60, num_anomaly=60, height=height, width=width, seed=config.seed
+    )
+    config.data = str(data["cityscapes_root"])
+    return config, data
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         [f"model.weights={weights}"],
     )
     perception = Perception.from_config(config)
-    height, width = perception.input_size
+    height, width = HELD_OUT_SIZE
 
     step = time.perf_counter()
     held_out = generate_datasets(
@@ -145,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
         num_train=0,
         num_val=args.eval_images,
         num_anomaly=args.eval_images,
-        height=2 * height,
-        width=2 * width,
+        height=height,
+        width=width,
         seed=HELD_OUT_SEED,
     )
     road_root = out / "data" / "anomaly_road"
@@ -154,9 +179,7 @@ def run(args: argparse.Namespace) -> int:
         road_root,
         (
             road_obstacle_scene(
-                render_scene(
-                    split_seed(HELD_OUT_SEED, "anomaly", index), height=2 * height, width=2 * width, num_anomalies=2
-                )
+                render_scene(split_seed(HELD_OUT_SEED, "anomaly", index), height=height, width=width, num_anomalies=2)
             )
             for index in range(args.eval_images)
         ),
@@ -193,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
     timings["replay"] = time.perf_counter() - step
     truth = read_ground_truth(bag_dir, SequenceTopics().ground_truth)
     ground = GroundModel(camera.fx, camera.fy, camera.cx, camera.cy, camera.mount_height)
-    review = review_drive(recorder, truth, ground=ground)
+    rule = DetectionRule(match_iou=options.match_iou, min_area_px=perception.config.alerts.min_area_px)
+    review = review_drive(recorder, truth, rule=rule, ground=ground)
     _save_overlays(report_dir / "overlays", recorder, truth, perception)
     print(f"[4/5] replayed into {replay_dir}")
     timings["total"] = time.perf_counter() - started
