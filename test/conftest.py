@@ -40,6 +40,7 @@ def scene_perception(*overrides: str, model: nn.Module | None = None) -> Percept
         None,
         [
             f"model.input_size=[{NET[0]}, {NET[1]}]",
+            "scorer.name=maxlogit",  # the scene's logits are written in maxlogit terms
             "alerts.threshold=-5.0",
             "alerts.min_area_px=10",
             "alerts.persistence_k=2",
@@ -63,7 +64,7 @@ def ros_test_assets(root) -> tuple:
     root = Path(root)
     bag = write_sequence_bag(root / "bag", num_frames=10, height=128, width=256, fps=10.0)
     weights = root / "erfnet.safetensors"
-    calibration = {"maxlogit": {"threshold": -3.5, "range": [-9.0, -2.0]}}
+    calibration = {"energy": {"threshold": -3.5, "range": [-9.0, -2.0]}}
     save_checkpoint(
         build_model("erfnet", num_classes=19), weights, metadata={"input_size": [64, 128], "calibration": calibration}
     )

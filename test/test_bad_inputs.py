@@ -27,7 +27,7 @@ EVALUATE = ["evaluate", "--checkpoint", "{ckpt}", "--dataset", "synthetic:{tmp}"
 
 
 def _checkpoint(tmp: Path, **metadata) -> None:
-    calibration = {"maxlogit": {"threshold": 0.0, "range": [-1.0, 1.0]}}
+    calibration = {"energy": {"threshold": 0.0, "range": [-1.0, 1.0]}}
     save_checkpoint(
         build_model("erfnet", num_classes=19),
         tmp / "bad.safetensors",
@@ -213,7 +213,7 @@ CASES = [
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("assets")
     ckpt = root / "erfnet.safetensors"
-    calibration = {"maxlogit": {"threshold": 0.0, "range": [-1.0, 1.0]}}
+    calibration = {"energy": {"threshold": 0.0, "range": [-1.0, 1.0]}}
     save_checkpoint(
         build_model("erfnet", num_classes=19), ckpt, metadata={"input_size": [64, 128], "calibration": calibration}
     )

@@ -309,7 +309,7 @@ def test_cli_replays_several_bags_into_one_report(tmp_path, capsys):
     from anomaly_seg_ros.tools.cli import main
 
     weights = tmp_path / "erfnet.safetensors"
-    calibration = {"maxlogit": {"threshold": 0.0, "range": [-1.0, 1.0]}}
+    calibration = {"energy": {"threshold": 0.0, "range": [-1.0, 1.0]}}
     save_checkpoint(
         build_model("erfnet", num_classes=19), weights, metadata={"input_size": [32, 64], "calibration": calibration}
     )

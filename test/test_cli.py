@@ -14,7 +14,9 @@ from anomaly_seg_ros.tools.cli import main
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "erfnet.safetensors"
-    calibration = {name: {"threshold": 0.0, "range": [-1.0, 1.0]} for name in ("msp", "maxlogit", "maxentropy")}
+    calibration = {
+        name: {"threshold": 0.0, "range": [-1.0, 1.0]} for name in ("msp", "maxlogit", "maxentropy", "energy")
+    }
     save_checkpoint(
         build_model("erfnet", num_classes=19),
         path,

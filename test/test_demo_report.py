@@ -177,4 +177,4 @@ def test_demo_train_reproduces_the_shipped_chain_of_four_trainings(monkeypatch, 
     assert (stage3[1], stage3[2]) == ((256, 512), (128, 256))
     assert stage3[4] == str(tmp_path / "train_data_256" / "cityscapes")
     assert "energy_margin" in stage3[7] and "energy_margin" in stage1[7]
-    assert weights == tmp_path / "model_oe_256" / "last.safetensors"
+    assert weights == tmp_path / "model_oe_256" / "best.safetensors"

@@ -144,7 +144,7 @@ def test_runtime_switching_keeps_the_model_and_loads_fits(tmp_path, checkpoint):
     perception = Perception(model, config, metadata=meta)
     frame = np.random.default_rng(1).integers(0, 255, (32, 64, 3), dtype=np.uint8)
     network = perception.model
-    assert perception.process(frame).scorer == "maxlogit"
+    assert perception.process(frame).scorer == "energy"  # the default
 
     perception.update({"scorer": {"name": "pgu", "params": {"p": 1.0}}})
     result = perception.process(frame)

@@ -193,6 +193,35 @@ def test_pasted_objects_stand_on_the_road_sized_by_perspective():
         assert not anomaly_palette_mask(result.image).any()
 
 
+@pytest.mark.parametrize("sampling", ["pixels", "rows"])
+def test_foot_sampling_by_rows_gives_far_rows_their_share(sampling):
+    """ "pixels": a foot row is drawn in proportion to its road width (mostly near); "rows": uniformly."""
+    image, labels = _road_scene(height=240, width=160, horizon=40)
+    settings = OutlierSettings(
+        source="procedural",
+        probability=1.0,
+        max_objects=1,
+        height_ratio=(1.0, 1.0),
+        aspect=(1.0, 1.0),
+        horizon=40 / 240,
+        blend="hard",
+        min_pixels=1,
+        foot_sampling=sampling,
+    )
+    paster = OutlierPaster(settings)
+    feet = []
+    for seed in range(600):
+        boxes = paster(image, labels, np.random.default_rng(seed)).boxes
+        feet += [box[3] - 1 for box in boxes]
+    road_rows = np.flatnonzero((labels[41:] == 0).any(axis=1)) + 41
+    far = road_rows[: road_rows.size // 2]  # the half of the road rows nearest the horizon
+    widths = (labels == 0).sum(axis=1)
+    expected = far.size / road_rows.size if sampling == "rows" else widths[far].sum() / widths[road_rows].sum()
+    observed = np.isin(feet, far).mean()
+    assert len(feet) > 550 and observed == pytest.approx(expected, abs=0.06)
+    assert (expected > 0.45) if sampling == "rows" else (expected < 0.3)
+
+
 def test_pasting_skips_images_without_road_and_respects_probability():
     image, labels = _road_scene()
     paster = OutlierPaster(OutlierSettings(source="procedural", probability=0.0))

@@ -170,11 +170,13 @@ def replay_case(tmp_path_factory):
         build_model("erfnet", num_classes=19), weights, metadata={"input_size": NET, "calibration": calibration}
     )
     # an alert threshold that a fifth of the random network's pixels pass: alerts, tracks and components
-    perception = Perception.from_config(load_config(None, [f"model.weights={weights}"]))
+    # (MaxLogit: the random network's energy gives no 20-pixel components at that rate)
+    perception = Perception.from_config(load_config(None, [f"model.weights={weights}", "scorer.name=maxlogit"]))
     message = next(iter_messages(drives / "a", topics=["/camera/image_raw"]))
     threshold = float(np.quantile(perception.process(message_to_rgb(message.msg)).anomaly, 0.8))
     common = ["--weights", str(weights), "--no-progress", "--no-plots"]
-    alerts = [f"alerts.threshold={threshold}", "alerts.min_area_px=20", "alerts.roi=none", "alerts.persistence_k=1"]
+    alerts = ["scorer.name=maxlogit", f"alerts.threshold={threshold}", "alerts.min_area_px=20", "alerts.roi=none"]
+    alerts.append("alerts.persistence_k=1")
     common += [item for setting in ["model.threads=1", *alerts] for item in ("--set", setting)]
     good = [str(drives / name) for name in ("a", "b", "c")]
     assert main(["bag", *good, "--out", str(root / "serial"), *common]) == 0

@@ -90,15 +90,15 @@ def test_preprocessing_matches_an_independent_reference():
 def test_threshold_comes_from_the_checkpoint_calibration(tmp_path):
     model = build_model("erfnet", num_classes=19)
     path = tmp_path / "m.safetensors"
-    calibration = {"maxlogit": {"threshold": -3.5, "range": [-9.0, -2.0]}}
+    calibration = {"energy": {"threshold": -3.5, "range": [-9.0, -2.0]}}
     save_checkpoint(model, path, metadata={"input_size": [64, 128], "calibration": calibration})
     perception = Perception.from_config(load_config(None, [f"model.weights={path}"]))
     assert perception.threshold == -3.5 and perception.heatmap_range == (-9.0, -2.0)
     assert perception.input_size == (64, 128)
     result = perception(_frame(64, 128))
     assert result.labels.max() < 19
-    with pytest.raises(ConfigError, match="alerts.threshold: no threshold set.*'energy'"):
-        perception.update({"scorer": {"name": "energy"}})
+    with pytest.raises(ConfigError, match="alerts.threshold: no threshold set.*'msp'"):
+        perception.update({"scorer": {"name": "msp"}})
 
 
 def test_missing_weights_and_bad_frames_are_clear_errors():

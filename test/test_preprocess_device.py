@@ -78,7 +78,13 @@ def test_pipeline_maps_equal_an_independent_reference(heatmap_dtype):
     torch.manual_seed(0)
     model = build_model("erfnet", num_classes=19).eval()
     config = load_config(
-        None, ["model.input_size=[32, 64]", "alerts.threshold=100", f"model.heatmap_dtype={heatmap_dtype}"]
+        None,
+        [
+            "model.input_size=[32, 64]",
+            "scorer.name=maxlogit",
+            "alerts.threshold=100",
+            f"model.heatmap_dtype={heatmap_dtype}",
+        ],
     )
     perception = Perception(model, config)
     frame = np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)

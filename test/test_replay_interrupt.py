@@ -29,7 +29,7 @@ ALERTS = "/anomaly_seg_node/obstacle_alerts"
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "erfnet.safetensors"
-    calibration = {"maxlogit": {"threshold": 0.0, "range": [-1.0, 1.0]}}
+    calibration = {"energy": {"threshold": 0.0, "range": [-1.0, 1.0]}}
     save_checkpoint(
         build_model("erfnet", num_classes=19), path, metadata={"input_size": [64, 128], "calibration": calibration}
     )

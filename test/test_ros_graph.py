@@ -82,7 +82,7 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("ros_graph")
     bag = write_sequence_bag(root / "drive", seed=0, num_frames=FRAMES, height=HEIGHT, width=WIDTH, fps=FPS)
     random_weights = root / "erfnet_random.safetensors"
-    calibration = {"maxlogit": {"threshold": -3.5, "range": [-9.0, -2.0]}}
+    calibration = {"energy": {"threshold": -3.5, "range": [-9.0, -2.0]}}
     save_checkpoint(
         build_model("erfnet", num_classes=19),
         random_weights,
@@ -500,12 +500,23 @@ def test_signal_while_the_model_loads_is_a_clean_stop(assets, tmp_path, sig):
     _assert_clean_exit(node, sig)
 
 
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (Linux /proc, SigCgt bit mask)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (int(sig) - 1) & 1)
+    return False
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_while_torch_and_rclpy_are_imported_is_a_clean_stop(tmp_path, sig):
     """Before rclpy.init (importing torch and rclpy takes seconds): exit 0, no traceback, even when
     the node is started with SIGINT ignored, as a background job's children are."""
     node = NodeProcess(node_args({"model.weights": str(DEMO_CHECKPOINT)}), tmp_path / "node.log", ignore_sigint=True)
-    time.sleep(0.4)  # the interpreter is up and importing; the node has logged nothing yet
+    # Send it once the entry point handles the signal (its bit in /proc/PID/status SigCgt), while the
+    # imports still run: the node has logged nothing yet.
+    RosGraph.wait_for(lambda: _catches(node.proc.pid, sig) or node.proc.poll() is not None, 30, "a signal handler")
     assert "loading model" not in node.output
     _assert_clean_exit(node, sig)
 

@@ -393,6 +393,10 @@ class OutlierSettings:
     aspect: tuple[float, float] = (0.6, 2.0)
     #: Label ids the object's foot may stand on (the drivable area; road by default).
     surface_ids: tuple[int, ...] = (0,)
+    #: Where feet are drawn: "pixels" (uniform over the drivable pixels below the horizon, so mostly
+    #: near, large objects, as the road's pixels are mostly near) or "rows" (a row uniform among the
+    #: rows with drivable pixels, then a pixel of it: every distance as often, far small objects too).
+    foot_sampling: Literal["pixels", "rows"] = "pixels"
     #: Horizon row as a fraction of the image height, or null: estimated from the drivable area.
     horizon: float | None = None
     #: "hard" edges, "feather" (Gaussian-blurred alpha), or "alpha" (translucent, opacity in alpha_range).
@@ -415,6 +419,7 @@ class OutlierSettings:
             (0 < self.height_ratio[0] <= self.height_ratio[1], "height_ratio", "[low, high] with 0 < low <= high"),
             (0 < self.aspect[0] <= self.aspect[1], "aspect", "[low, high] with 0 < low <= high"),
             (len(self.surface_ids) > 0, "surface_ids", "a non-empty list of label ids"),
+            (self.foot_sampling in ("pixels", "rows"), "foot_sampling", "pixels or rows"),
             (self.horizon is None or 0.0 <= self.horizon < 1.0, "horizon", "null or a fraction in [0, 1)"),
             (0 < self.alpha_range[0] <= self.alpha_range[1] <= 1, "alpha_range", "[low, high] in (0, 1]"),
             (self.min_pixels >= 1, "min_pixels", "an integer >= 1"),
@@ -461,8 +466,13 @@ class OutlierPaster:
         feet_y, feet_x = np.nonzero(surface & (np.arange(height)[:, None] > horizon))
         if feet_y.size == 0:
             return result
+        rows = np.unique(feet_y)
         for _ in range(int(rng.integers(1, s.max_objects + 1))):
-            pick = int(rng.integers(feet_y.size))
+            if s.foot_sampling == "rows":
+                in_row = np.flatnonzero(feet_y == rows[int(rng.integers(rows.size))])
+                pick = int(in_row[int(rng.integers(in_row.size))])
+            else:
+                pick = int(rng.integers(feet_y.size))
             self._paste_one(result, int(feet_y[pick]), int(feet_x[pick]), horizon, rng)
         return result
 
