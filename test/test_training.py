@@ -230,6 +230,10 @@ def test_training_config_from_yaml_and_set_overrides(tmp_path):
     assert config.input_size == (32, 64) and config.epochs == 3 and config.amp is False
     assert config.train_size == (32, 64)
     assert load_train_config(path, sets=["crop_size=[16, 32]"]).train_size == (16, 32)
+    # A nested key changes that key only: the file's other keys of the section stay.
+    (tmp_path / "oe.yaml").write_text("data: /data\noutliers: {source: procedural, max_objects: 4, probability: 0.9}\n")
+    oe = load_train_config(tmp_path / "oe.yaml", sets=["outliers.foot_sampling=rows"]).outliers
+    assert (oe.foot_sampling, oe.max_objects, oe.probability, oe.source) == ("rows", 4, 0.9, "procedural")
     with pytest.raises(ConfigError, match=r"train.class_weights: expected one of \['none', 'enet'"):
         load_train_config(path, sets=["class_weights=median"])
     with pytest.raises(ConfigError, match=r"train.losses: expected a list"):

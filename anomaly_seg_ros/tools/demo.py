@@ -4,7 +4,7 @@
 2. the demo model: ``checkpoints/erfnet_synthetic_oe.safetensors`` (ERFNet trained on the
    synthetic scenes with ``config/train_synthetic.yaml``, then fine-tuned with outlier exposure
    by ``config/train_synthetic_oe.yaml`` at 128x256 and ``config/train_synthetic_oe_256.yaml`` at
-   256x512; ``--train`` runs all of it here),
+   256x512, twice; ``--train`` runs all of it here),
 3. a synthetic driving rosbag (mcap) with anomalies that appear far away and grow,
 4. that bag replayed through the perception core into an output bag,
 5. a report folder: metrics (JSON + Markdown), PR curves, overlay images (colour bar, threshold,
@@ -55,8 +55,10 @@ TRAIN_CONFIG = REPO / "config" / "train_synthetic.yaml"
 OE_TRAIN_CONFIG = REPO / "config" / "train_synthetic_oe.yaml"
 #: The shipped model's second fine-tuning stage (see the header of OE_TRAIN_CONFIG).
 OE_STAGE2_LEARNING_RATE, OE_STAGE2_EPOCHS = 1e-4, 2
-#: Its third stage, at twice the input resolution on scenes synthesised at that size.
+#: Its third stage, at twice the input resolution on scenes synthesised at that size, and the
+#: fourth: the same config with objects pasted at every distance as often (see its header).
 OE_256_TRAIN_CONFIG = REPO / "config" / "train_synthetic_oe_256.yaml"
+OE_FAR_SETS = ("outliers.foot_sampling=rows", "epochs=8", "learning_rate=0.0001")
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
 #: Dataset seed of the demo's held-out scenes; the demo model was trained on seed 0.
 HELD_OUT_SEED = 1
@@ -106,7 +108,7 @@ def _existing(path: Path, what: str) -> Path:
 def _train_demo_model(out: Path, progress: bool) -> Path:
     """Reproduce the shipped checkpoint: the data and training commands of config/train_synthetic.yaml,
     then the outlier-exposure fine-tuning of config/train_synthetic_oe.yaml on top of it (two stages at
-    128x256) and of config/train_synthetic_oe_256.yaml (a third at 256x512)."""
+    128x256) and of config/train_synthetic_oe_256.yaml (a third at 256x512, a fourth with far objects)."""
     config, data = _config_and_data(TRAIN_CONFIG, out / "train_data")
     train(config, out / "model", progress=progress)
     fine_tune = load_train_config(
@@ -127,7 +129,17 @@ def _train_demo_model(out: Path, progress: bool) -> Path:
     )
     stage3.anomaly_val = [str(data["anomaly_root"])]
     train(stage3, out / "model_oe_256", progress=progress)
-    return out / "model_oe_256" / BEST_CHECKPOINT
+    stage4 = load_train_config(
+        OE_256_TRAIN_CONFIG,
+        {
+            "data": stage3.data,
+            "init_checkpoint": str(out / "model_oe_256" / BEST_CHECKPOINT),
+            "anomaly_val": stage3.anomaly_val,
+        },
+        OE_FAR_SETS,
+    )
+    train(stage4, out / "model_oe_far", progress=progress)
+    return out / "model_oe_far" / BEST_CHECKPOINT
 
 
 def _config_and_data(path: Path, folder: Path, **overrides: str) -> tuple[TrainConfig, dict[str, Path]]:
