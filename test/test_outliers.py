@@ -163,19 +163,26 @@ def test_horizon_is_the_top_of_the_drivable_area():
     assert horizon_row(np.full((10, 10), 10, np.uint8), [0]) is None
 
 
+def _one_square_object(height_ratio: float, horizon: float, **settings) -> OutlierPaster:
+    """A paster of one hard-edged square object per image, of a fixed height ratio, at a known horizon."""
+    return OutlierPaster(
+        OutlierSettings(
+            source="procedural",
+            probability=1.0,
+            max_objects=1,
+            height_ratio=(height_ratio, height_ratio),
+            aspect=(1.0, 1.0),
+            horizon=horizon,
+            blend="hard",
+            min_pixels=1,
+            **settings,
+        )
+    )
+
+
 def test_pasted_objects_stand_on_the_road_sized_by_perspective():
     image, labels = _road_scene(horizon=40)
-    settings = OutlierSettings(
-        source="procedural",
-        probability=1.0,
-        max_objects=1,
-        height_ratio=(0.5, 0.5),
-        aspect=(1.0, 1.0),
-        horizon=40 / 120,
-        blend="hard",
-        min_pixels=1,
-    )
-    paster = OutlierPaster(settings)
+    paster = _one_square_object(0.5, 40 / 120)
     for seed in range(30):
         result = paster(image, labels, np.random.default_rng(seed))
         if not result.boxes:
@@ -195,20 +202,9 @@ def test_pasted_objects_stand_on_the_road_sized_by_perspective():
 
 @pytest.mark.parametrize("sampling", ["pixels", "rows"])
 def test_foot_sampling_by_rows_gives_far_rows_their_share(sampling):
-    """ "pixels": a foot row is drawn in proportion to its road width (mostly near); "rows": uniformly."""
+    """With "pixels" a foot row is drawn in proportion to its road width (mostly near); with "rows", uniformly."""
     image, labels = _road_scene(height=240, width=160, horizon=40)
-    settings = OutlierSettings(
-        source="procedural",
-        probability=1.0,
-        max_objects=1,
-        height_ratio=(1.0, 1.0),
-        aspect=(1.0, 1.0),
-        horizon=40 / 240,
-        blend="hard",
-        min_pixels=1,
-        foot_sampling=sampling,
-    )
-    paster = OutlierPaster(settings)
+    paster = _one_square_object(1.0, 40 / 240, foot_sampling=sampling)
     feet = []
     for seed in range(600):
         boxes = paster(image, labels, np.random.default_rng(seed)).boxes
