@@ -466,9 +466,9 @@ class OutlierPaster:
         feet_y, feet_x = np.nonzero(surface & (np.arange(height)[:, None] > horizon))
         if feet_y.size == 0:
             return result
-        rows = np.unique(feet_y)
+        rows = np.unique(feet_y) if s.foot_sampling == "rows" else None
         for _ in range(int(rng.integers(1, s.max_objects + 1))):
-            if s.foot_sampling == "rows":
+            if rows is not None:
                 in_row = np.flatnonzero(feet_y == rows[int(rng.integers(rows.size))])
                 pick = int(in_row[int(rng.integers(in_row.size))])
             else:
