@@ -54,7 +54,7 @@ TRAIN_CONFIG = REPO / "config" / "train_synthetic.yaml"
 #: Outlier-exposure fine-tuning of the model of TRAIN_CONFIG: the demo model.
 OE_TRAIN_CONFIG = REPO / "config" / "train_synthetic_oe.yaml"
 #: The shipped model's second fine-tuning stage (see the header of OE_TRAIN_CONFIG).
-OE_STAGE2_LEARNING_RATE, OE_STAGE2_EPOCHS = 1e-4, 2
+OE_STAGE2_SETS = ("learning_rate=0.0001", "epochs=2")
 #: Its third stage, at twice the input resolution on scenes synthesised at that size, and the
 #: fourth: the same config with objects pasted at every distance as often (see its header).
 OE_256_TRAIN_CONFIG = REPO / "config" / "train_synthetic_oe_256.yaml"
@@ -111,19 +111,14 @@ def _train_demo_model(out: Path, progress: bool) -> Path:
     128x256) and of config/train_synthetic_oe_256.yaml (a third at 256x512, a fourth with far objects)."""
     config, data = _config_and_data(TRAIN_CONFIG, out / "train_data")
     train(config, out / "model", progress=progress)
-    fine_tune = load_train_config(
-        OE_TRAIN_CONFIG,
-        {
-            "data": str(data["cityscapes_root"]),
-            "init_checkpoint": str(out / "model" / BEST_CHECKPOINT),
-            "anomaly_val": [str(data["anomaly_root"])],
-        },
-    )
-    train(fine_tune, out / "model_oe", progress=progress)
+    oe_data = {"data": str(data["cityscapes_root"]), "anomaly_val": [str(data["anomaly_root"])]}
+    stage1 = load_train_config(OE_TRAIN_CONFIG, {**oe_data, "init_checkpoint": str(out / "model" / BEST_CHECKPOINT)})
+    train(stage1, out / "model_oe", progress=progress)
     # Second stage (the header of config/train_synthetic_oe.yaml): the same recipe at a third of the rate.
-    fine_tune.init_checkpoint = str(out / "model_oe" / BEST_CHECKPOINT)
-    fine_tune.learning_rate, fine_tune.epochs = OE_STAGE2_LEARNING_RATE, OE_STAGE2_EPOCHS
-    train(fine_tune, out / "model_oe_stage2", progress=progress)
+    stage2 = load_train_config(
+        OE_TRAIN_CONFIG, {**oe_data, "init_checkpoint": str(out / "model_oe" / BEST_CHECKPOINT)}, OE_STAGE2_SETS
+    )
+    train(stage2, out / "model_oe_stage2", progress=progress)
     stage3, data = _config_and_data(
         OE_256_TRAIN_CONFIG, out / "train_data_256", init_checkpoint=str(out / "model_oe_stage2" / BEST_CHECKPOINT)
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from anomaly_seg_ros.common.errors import ConfigError
-from anomaly_seg_ros.core.config import _build, parse_override, read_yaml_mapping
+from anomaly_seg_ros.core.config import _build, _merge, parse_override, read_yaml_mapping
 from anomaly_seg_ros.data.outliers import OutlierSettings
 
 
@@ -159,15 +159,6 @@ class TrainConfig:
         return tuple(self.crop_size or self.input_size)
 
 
-def _merge(data: dict[str, Any], update: Mapping[str, Any]) -> None:
-    """``data`` updated in place; a nested key (``outliers.foot_sampling=rows``) keeps its section's other keys."""
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(data.get(key), dict):
-            _merge(data[key], value)
-        else:
-            data[key] = value
-
-
 def load_train_config(
     path: str | Path | None,
     overrides: Mapping[str, Any] | None = None,
@@ -183,7 +174,8 @@ def load_train_config(
         data["alerts_config"] = str(Path(path).parent / data["alerts_config"])
     data.update({key: value for key, value in (overrides or {}).items() if value is not None})
     for text in sets:
-        _merge(data, parse_override(text))
+        # a nested key (outliers.foot_sampling=rows) keeps its section's other keys
+        data = _merge(data, parse_override(text))
     config = _build(TrainConfig, data, "train.")
     config.validate()
     return config
