@@ -20,10 +20,13 @@ def main(args: list[str] | None = None) -> int:
     loads and while frames are processed. SIGINT is handled even when the parent ignores it (a
     background job), as rclpy handles it afterwards.
     """
+    import os
     import signal
 
     def stop_quietly(signum: int, frame: object) -> None:
-        raise SystemExit(0)
+        # Not SystemExit: raised inside a C extension's import (numpy, torch) it turns into an
+        # ImportError with a traceback. Nothing is open yet (no file, no ROS context) to clean up.
+        os._exit(0)
 
     signal.signal(signal.SIGINT, stop_quietly)
     signal.signal(signal.SIGTERM, stop_quietly)
