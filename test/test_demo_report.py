@@ -140,8 +140,9 @@ def test_an_obstacle_alerted_too_late_is_not_in_time():
     assert row["delay_frames"] == 11 and not row["in_time"]
 
 
-def test_demo_train_reproduces_the_shipped_chain_of_five_trainings(monkeypatch, tmp_path):
-    """`anomaly-seg demo --train`: base -> OE stage 1 -> stage 2 -> 256x512 -> far objects, each from the last's."""
+def test_demo_train_reproduces_the_shipped_chain_of_six_trainings(monkeypatch, tmp_path):
+    """`anomaly-seg demo --train`: base -> OE stage 1 -> stage 2 -> 256x512 -> far objects -> margin 0, each from
+    the last's."""
     from anomaly_seg_ros.tools import demo
 
     runs, datasets = [], []
@@ -160,7 +161,7 @@ def test_demo_train_reproduces_the_shipped_chain_of_five_trainings(monkeypatch, 
                 config.data,
                 config.learning_rate,
                 config.epochs,
-                [loss["name"] for loss in config.losses],
+                [(loss["name"], loss.get("margin_out")) for loss in config.losses],
                 (config.outliers.foot_sampling, config.outliers.max_objects, config.anomaly_val),
             )
         )
@@ -170,14 +171,21 @@ def test_demo_train_reproduces_the_shipped_chain_of_five_trainings(monkeypatch, 
     weights = demo._train_demo_model(tmp_path, progress=False)
     assert datasets == [("train_data", 128, 256, 0), ("train_data_256", 256, 512, 0)]
     names = [run[0] for run in runs]
-    assert names == ["model", "model_oe", "model_oe_stage2", "model_oe_256", "model_oe_far"]
-    base, stage1, stage2, stage3, stage4 = runs
+    assert names == [
+        "model",
+        "model_oe",
+        "model_oe_stage2",
+        "model_oe_256",
+        "model_oe_far",
+        "model_oe_margin",
+    ]
+    base, stage1, stage2, stage3, stage4, stage5 = runs
     assert base[3] == "" and stage1[3] == str(tmp_path / "model" / "best.safetensors")
     assert stage2[3] == str(tmp_path / "model_oe" / "best.safetensors") and stage2[5] == 1e-4 and stage2[6] == 2
     assert stage3[3] == str(tmp_path / "model_oe_stage2" / "best.safetensors")
     assert (stage3[1], stage3[2]) == ((256, 512), (128, 256))
     assert stage3[4] == str(tmp_path / "train_data_256" / "cityscapes")
-    assert "energy_margin" in stage3[7] and "energy_margin" in stage1[7]
+    assert ("energy_margin", -2.0) in stage3[7] and ("energy_margin", -2.0) in stage1[7]
     anomaly_256 = [str(tmp_path / "train_data_256" / "anomaly")]
     assert stage3[8] == ("pixels", 4, anomaly_256)
     # the fourth: the third's config and data, objects at every distance, 8 epochs at 1e-4
@@ -187,4 +195,8 @@ def test_demo_train_reproduces_the_shipped_chain_of_five_trainings(monkeypatch, 
         8,
     )
     assert stage4[8] == ("rows", 4, anomaly_256)
-    assert weights == tmp_path / "model_oe_far" / "best.safetensors"
+    # the fifth: the fourth's recipe for 6 epochs with the outlier margin at 0
+    assert stage5[3] == str(tmp_path / "model_oe_far" / "best.safetensors")
+    assert stage5[1:3] == stage4[1:3] and stage5[4:6] == stage4[4:6] and stage5[6] == 6
+    assert stage5[7] == [("ce", None), ("energy_margin", 0.0)] and stage5[8] == stage4[8]
+    assert weights == tmp_path / "model_oe_margin" / "best.safetensors"

@@ -325,11 +325,63 @@ def test_outlier_terms_add_to_cross_entropy_and_need_outliers_for_their_part():
     assert (grad.abs().sum(dim=1)[~outlier] == 0).all() and (grad.abs().sum(dim=1)[outlier] > 0).all()
 
 
+def test_per_object_outlier_means_weigh_every_connected_object_alike():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 19, 6, 8, generator=generator) * 3
+    target = torch.randint(0, 19, (2, 6, 8), generator=generator)
+    outlier = torch.zeros(2, 6, 8, dtype=torch.bool)
+    outlier[0, 0:3, 0:4] = True  # a near object, 12 px ...
+    outlier[0, 3, 4] = True  # ... and a pixel touching its corner: the same object (8-connected)
+    outlier[0, 5, 7] = True  # a far object, 1 px
+    outlier[1, 2:4, 5:7] = True  # 4 px
+    target[outlier] = IGNORE_INDEX
+    m_in, m_out = -4.0, -1.0
+    spec = {"name": "energy_margin", "margin_in": m_in, "margin_out": m_out}
+    per_object = build_criterion([{**spec, "per_object": True}], num_classes=19)
+    per_pixel = build_criterion([spec], num_classes=19)
+    energy = -torch.logsumexp(logits.double(), dim=1)
+    hinge_in = torch.relu(energy - m_in) ** 2
+    hinge_out = torch.relu(m_out - energy) ** 2
+    inside = hinge_in[(target != IGNORE_INDEX)].mean().item()
+    objects = _objects(outlier)
+    assert sorted(int(mask.sum()) for _, mask in objects) == [1, 4, 13]
+    object_means = [hinge_out[n][torch.from_numpy(mask)].mean().item() for n, mask in objects]
+    got = per_object(logits, target, outlier_mask=outlier).item()
+    assert got == pytest.approx(inside + np.mean(object_means), rel=1e-5)
+    assert per_pixel(logits, target, outlier_mask=outlier).item() == pytest.approx(
+        inside + hinge_out[outlier].mean().item(), rel=1e-5
+    )
+    # The same weighting for the other outlier terms; an empty mask still gives 0 with a graph.
+    entropy = build_criterion([{"name": "outlier_entropy", "per_object": True}], num_classes=19)
+    p = torch.softmax(logits.double(), dim=1)
+    gap = math.log(19) + (p * p.log()).sum(dim=1)
+    expected = np.mean([gap[n][torch.from_numpy(m)].mean().item() for n, m in objects])
+    assert entropy(logits, target, outlier_mask=outlier).item() == pytest.approx(expected, rel=1e-5)
+    logits.requires_grad_(True)
+    none = entropy(logits, target, outlier_mask=torch.zeros_like(outlier))
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def _objects(outlier: torch.Tensor) -> list[tuple[int, np.ndarray]]:
+    """(image, mask) of every 8-connected outlier object, found with scipy (independent of cv2)."""
+    from scipy import ndimage
+
+    found = []
+    for n in range(outlier.shape[0]):
+        labels, count = ndimage.label(outlier[n].numpy(), structure=np.ones((3, 3)))
+        found.extend((n, labels == k) for k in range(1, count + 1))
+    return found
+
+
 def test_outlier_loss_specs_are_checked():
     with pytest.raises(ConfigError, match="margin_in must be below margin_out"):
         build_criterion([{"name": "energy_margin", "margin_in": 0.0, "margin_out": -1.0}], num_classes=19)
     with pytest.raises(ConfigError, match="unknown key"):
         build_criterion([{"name": "energy_margin", "class_weighted": True}], num_classes=19)
+    with pytest.raises(ConfigError, match="'per_object' must be true or false"):
+        build_criterion([{"name": "energy_margin", "per_object": 1}], num_classes=19)
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_criterion([{"name": "ce", "per_object": True}], num_classes=19)
     from anomaly_seg_ros.models import build_model
 
     criterion = build_criterion([{"name": "outlier_void"}], num_classes=19)

@@ -36,7 +36,8 @@ name          parameters                        per-pixel loss :math:`\ell(i)`, 
 Outlier-exposure terms (``energy_margin``, ``outlier_void``, ``outlier_entropy``; see
 :mod:`anomaly_seg_ros.losses.outlier`) take the same spec form and act on the pixels that the
 ``outlier_mask`` argument of the forward marks (pasted outliers, labelled ignore so the terms
-above skip them), on the main logits only; their weight multiplies their scalar.
+above skip them), on the main logits only; their weight multiplies their scalar. Instead of
+``class_weighted`` they take ``per_object`` (default false): a mean per pasted object, not per pixel.
 
 Seed 000 Table 4 as specs (ERFNet; the IsoMax rows need ``build_model(..., head="isomax")``)::
 
@@ -84,7 +85,8 @@ class LossTerm(nn.Module):
     """One per-pixel loss. Subclasses set ``name``, ``defaults`` and implement ``pixel_loss``."""
 
     name: ClassVar[str]
-    #: Parameters of the term and their defaults; ``weight`` and ``class_weighted`` are common to all.
+    #: Parameters of the term and their defaults; ``weight`` and ``class_weighted`` are common to all
+    #: (outlier terms take ``per_object`` instead of ``class_weighted``).
     defaults: ClassVar[dict[str, float]] = {}
     class_weighted_default: ClassVar[bool] = True
 
@@ -196,7 +198,8 @@ def _term_from_spec(spec: Mapping[str, Any], index: int) -> LossTerm | OutlierTe
     if name not in _ALL_TERMS:
         raise ConfigError(f"{where}: unknown loss name {name!r}; allowed: {', '.join(_ALL_TERMS)}")
     cls = _ALL_TERMS[name]
-    common = ("name", "weight", "class_weighted") if name in LOSS_TERMS else ("name", "weight")
+    flag = "class_weighted" if name in LOSS_TERMS else "per_object"
+    common = ("name", "weight", flag)
     allowed = (*common, *cls.defaults)
     unknown = sorted(str(key) for key in spec if key not in allowed)
     if unknown:
@@ -205,9 +208,9 @@ def _term_from_spec(spec: Mapping[str, Any], index: int) -> LossTerm | OutlierTe
     for key, value in spec.items():
         if key == "name":
             continue
-        if key == "class_weighted":
+        if key == flag:
             if not isinstance(value, bool):
-                raise ConfigError(f"{where} ({name}): 'class_weighted' must be true or false, got {value!r}")
+                raise ConfigError(f"{where} ({name}): {flag!r} must be true or false, got {value!r}")
             kwargs[key] = value
             continue
         check, expected = _PARAM_RULES[key]
