@@ -55,16 +55,21 @@ TRAIN_CONFIG = REPO / "config" / "train_synthetic.yaml"
 OE_TRAIN_CONFIG = REPO / "config" / "train_synthetic_oe.yaml"
 #: The shipped model's second fine-tuning stage (see the header of OE_TRAIN_CONFIG).
 OE_STAGE2_SETS = ("learning_rate=0.0001", "epochs=2")
-#: Its third stage, at twice the input resolution on scenes synthesised at that size, and the
-#: fourth: the same config with objects pasted at every distance as often (see its header).
+#: Its third stage, at twice the input resolution on scenes synthesised at that size (see its header).
 OE_256_TRAIN_CONFIG = REPO / "config" / "train_synthetic_oe_256.yaml"
-OE_FAR_SETS = ("outliers.foot_sampling=rows", "epochs=8", "learning_rate=0.0001")
-#: The fifth: the fourth's recipe, 6 epochs, with the outlier margin raised from -2 to 0.
-OE_MARGIN_SETS = (
-    "outliers.foot_sampling=rows",
-    "epochs=6",
-    "learning_rate=0.0001",
-    "losses=[{name: ce}, {name: energy_margin, weight: 0.1, margin_in: -8.0, margin_out: 0.0}]",
+#: The stages after it, each fine-tuning the last on the third's data: (output folder, overrides).
+#: Fourth: objects pasted at every distance as often; fifth: the same with the outlier margin at 0.
+OE_256_FOLLOW_UPS = (
+    ("model_oe_far", ("outliers.foot_sampling=rows", "epochs=8", "learning_rate=0.0001")),
+    (
+        "model_oe_margin",
+        (
+            "outliers.foot_sampling=rows",
+            "epochs=6",
+            "learning_rate=0.0001",
+            "losses=[{name: ce}, {name: energy_margin, weight: 0.1, margin_in: -8.0, margin_out: 0.0}]",
+        ),
+    ),
 )
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
 #: Dataset seed of the demo's held-out scenes; the demo model was trained on seed 0.
@@ -132,27 +137,15 @@ def _train_demo_model(out: Path, progress: bool) -> Path:
     )
     stage3.anomaly_val = [str(data["anomaly_root"])]
     train(stage3, out / "model_oe_256", progress=progress)
-    stage4 = load_train_config(
-        OE_256_TRAIN_CONFIG,
-        {
-            "data": stage3.data,
-            "init_checkpoint": str(out / "model_oe_256" / BEST_CHECKPOINT),
-            "anomaly_val": stage3.anomaly_val,
-        },
-        OE_FAR_SETS,
-    )
-    train(stage4, out / "model_oe_far", progress=progress)
-    stage5 = load_train_config(
-        OE_256_TRAIN_CONFIG,
-        {
-            "data": stage3.data,
-            "init_checkpoint": str(out / "model_oe_far" / BEST_CHECKPOINT),
-            "anomaly_val": stage3.anomaly_val,
-        },
-        OE_MARGIN_SETS,
-    )
-    train(stage5, out / "model_oe_margin", progress=progress)
-    return out / "model_oe_margin" / BEST_CHECKPOINT
+    previous = "model_oe_256"
+    for folder, sets in OE_256_FOLLOW_UPS:
+        inputs = {"data": stage3.data, "anomaly_val": stage3.anomaly_val}
+        stage = load_train_config(
+            OE_256_TRAIN_CONFIG, {**inputs, "init_checkpoint": str(out / previous / BEST_CHECKPOINT)}, sets
+        )
+        train(stage, out / folder, progress=progress)
+        previous = folder
+    return out / previous / BEST_CHECKPOINT
 
 
 def _config_and_data(path: Path, folder: Path, **overrides: str) -> tuple[TrainConfig, dict[str, Path]]:
