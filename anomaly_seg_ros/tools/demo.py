@@ -137,9 +137,8 @@ def _train_demo_model(out: Path, progress: bool) -> Path:
     )
     stage3.anomaly_val = [str(data["anomaly_root"])]
     train(stage3, out / "model_oe_256", progress=progress)
-    previous = "model_oe_256"
+    inputs, previous = {"data": stage3.data, "anomaly_val": stage3.anomaly_val}, "model_oe_256"
     for folder, sets in OE_256_FOLLOW_UPS:
-        inputs = {"data": stage3.data, "anomaly_val": stage3.anomaly_val}
         stage = load_train_config(
             OE_256_TRAIN_CONFIG, {**inputs, "init_checkpoint": str(out / previous / BEST_CHECKPOINT)}, sets
         )
