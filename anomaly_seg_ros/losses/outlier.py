@@ -84,6 +84,8 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def object_weights(mask: torch.Tensor) -> torch.Tensor:
     """Per-pixel weights ``(N, H, W)`` that give each 8-connected component of the bool ``mask``
     the same total weight, summing to 1 over the batch (all zeros when the mask is empty)."""
+    # torch has no connected-components op: one host copy of the (small, uint8) mask per step,
+    # and only for terms with per_object.
     masks = mask.detach().to("cpu", torch.uint8).numpy()
     weights = np.zeros(masks.shape, dtype=np.float32)
     count = 0
