@@ -89,6 +89,25 @@ def test_cuda_pipeline_equals_the_cpu_pipeline():
 
 
 @needs_cuda
+@pytest.mark.parametrize("extra", [[], ["model.cuda_graphs=true", "model.heatmap_dtype=float16"]])
+def test_cuda_far_field_equals_the_cpu_far_field(extra):
+    """Two forward passes per frame on the device (the crop a slice of the uploaded frame, fused
+    there): the same maps as on the CPU; with CUDA graphs the second replay must not overwrite the
+    first pass's scores."""
+    frame = np.random.default_rng(3).integers(0, 256, (128, 256, 3), dtype=np.uint8)
+    settings = ["model.backend=eager", f"model.input_size=[{SIZE[0]}, {SIZE[1]}]", "alerts.threshold=100"]
+    settings += ["far_field.zoom=2", "far_field.center=[0.4, 0.6]"]
+    results = {}
+    for device, more in (("cpu", []), ("cuda", extra)):
+        config = load_config(None, [f"model.device={device}", *settings, *more])
+        results[device] = Perception(_model(), config)(frame, render_color=False, render_overlay=False)
+    cpu, cuda = results["cpu"], results["cuda"]
+    tolerance = 2e-2 if extra else 1e-3
+    np.testing.assert_allclose(cuda.anomaly, cpu.anomaly, rtol=tolerance, atol=tolerance)
+    assert (cuda.labels == cpu.labels).mean() > 0.999
+
+
+@needs_cuda
 def test_float16_heatmap_download_stays_close_and_is_returned_as_float32():
     frame = np.random.default_rng(1).integers(0, 256, (96, 200, 3), dtype=np.uint8)
     out = {}

@@ -70,6 +70,9 @@ def test_demo_node_parameters_are_the_demo_config():
     assert values == parameters_from_config(demo) | {"ground.camera_height_m": camera.mount_height}
     assert values["scorer.name"] == "energy" and values["alerts.roi"] == "drivable_and_polygon"
     assert config_from_parameters(values).alerts == demo.alerts
+    # the far field looks where the demo camera's straight road vanishes: its principal point
+    assert demo.far_field.zoom == 2.0
+    assert demo.far_field.center == pytest.approx((camera.cx / 1024, camera.cy / 512), abs=5e-4)
 
 
 def test_launch_parameter_overrides_exist():

@@ -315,8 +315,15 @@ def test_runtime_parameter_changes_take_effect_and_invalid_ones_change_nothing(g
     _play(graph, assets["bag"], rate=0.5)
     graph.wait_for(lambda: len(outputs.msgs[messages.OBSTACLE_ALERTS]) >= 2, 30, "alerts after the scorer change")
     assert {msg.scorer for msg in outputs.msgs[messages.OBSTACLE_ALERTS]} == {"msp"}
+    # The far field (a second forward pass on a crop) switches on while the node runs.
+    results = _set(graph, Parameter("far_field.zoom", value=2.0), Parameter("far_field.center", value=[0.5, 0.4]))
+    assert all(result.successful for result in results), [result.reason for result in results]
+    outputs.clear()
+    _play(graph, assets["bag"], rate=0.5)
+    graph.wait_for(lambda: len(outputs.msgs[messages.OBSTACLE_ALERTS]) >= 2, 30, "alerts with the far field on")
     # Invalid values: rejected with a reason naming the parameter; nothing changes.
     rejected = {
+        "far_field.zoom": Parameter("far_field.zoom", value=0.5),
         "scorer.name": Parameter("scorer.name", value="no_such_scorer"),
         "alerts.track_iou": Parameter("alerts.track_iou", value=2.0),
         "model.device": Parameter("model.device", value="cuda"),
@@ -325,10 +332,12 @@ def test_runtime_parameter_changes_take_effect_and_invalid_ones_change_nothing(g
     for name, param in rejected.items():
         (result,) = _set(graph, param)
         assert not result.successful and result.reason, name
-    scorer, threshold, iou, device = _get(graph, "scorer.name", "alerts.threshold", "alerts.track_iou", "model.device")
+    scorer, threshold, iou, device, zoom = _get(
+        graph, "scorer.name", "alerts.threshold", "alerts.track_iou", "model.device", "far_field.zoom"
+    )
     assert scorer.type == ParameterType.PARAMETER_STRING and scorer.string_value == "msp"
     assert threshold.double_value == pytest.approx(1e9)
-    assert 0.0 <= iou.double_value < 1.0 and device.string_value == "cpu"
+    assert 0.0 <= iou.double_value < 1.0 and device.string_value == "cpu" and zoom.double_value == 2.0
     outputs.clear()
     _play(graph, assets["bag"], rate=0.5)
     graph.wait_for(lambda: len(outputs.msgs[messages.OBSTACLE_ALERTS]) >= 2, 30, "alerts after rejected changes")

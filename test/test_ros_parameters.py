@@ -49,7 +49,9 @@ def test_defaults_decode_to_the_schema_defaults():
 def test_read_only_and_types():
     specs = specs_by_name()
     assert all(spec.read_only for name, spec in specs.items() if name.startswith("model."))
-    assert not any(spec.read_only for name, spec in specs.items() if name.split(".")[0] in ("alerts", "scorer"))
+    assert not any(
+        spec.read_only for name, spec in specs.items() if name.split(".")[0] in ("alerts", "scorer", "far_field")
+    )
     assert specs["alerts.threshold"].kind == "double" and math.isnan(specs["alerts.threshold"].default)
     assert specs["alerts.roi_polygon"].kind == "double_array"
     assert specs["model.input_size"].kind == "integer_array"
@@ -64,7 +66,7 @@ def test_bounded_keys_have_ranges():
     assert RANGED == sorted(
         ["model.num_classes", "model.threads", "model.int8_calibration_images"]
         + ["alerts.min_area_px", "alerts.persistence_k", "alerts.persistence_n"]
-        + ["alerts.track_iou", "render.overlay_alpha"]
+        + ["alerts.track_iou", "far_field.zoom", "render.overlay_alpha"]
     )
 
 

@@ -7,7 +7,8 @@ Measures in one run, on the same frames and the same process:
 * **full call**: ``Perception.process`` from a uint8 frame in memory to every output on the
   host (labels, heatmap, alerts; colour views only with ``--render``), plus the ROS image
   conversion (``convert``: a bgr8 ``sensor_msgs/Image`` to the RGB frame) timed on its own;
-* **stages**: convert, upload, preprocess, forward, score, postprocess, download, alerts, render;
+* **stages**: convert, upload, preprocess, forward, score, far_field (with ``far_field.zoom`` > 1),
+  postprocess, download, alerts, render;
 * **scorers**: each scorer's own time on the output it reads, and its share of the plain forward
   (see "Scorer cost" below); logit scorers are timed as the pipeline's score stage (scores and
   labels, compiled at start-up where the pipeline compiles, core/score_stage.py), next to the
@@ -63,7 +64,18 @@ from anomaly_seg_ros.scoring import Scorer, get_scorer, prepare_scorer
 from anomaly_seg_ros.scoring.base import TemperatureScorer
 from anomaly_seg_ros.scoring.fitting import FittedScorer, fit_path
 
-STAGES = ("convert", "upload", "preprocess", "forward", "score", "postprocess", "download", "alerts", "render")
+STAGES = (
+    "convert",
+    "upload",
+    "preprocess",
+    "forward",
+    "score",
+    "far_field",
+    "postprocess",
+    "download",
+    "alerts",
+    "render",
+)
 PERCENTILES = (50, 95, 99)
 #: Largest share of the plain forward (p50) each scorer may cost on the device it runs on.
 SCORER_TARGETS: dict[str, float] = {
@@ -577,6 +589,8 @@ def markdown(report: dict[str, Any]) -> str:
             "| --- | ---: | ---: | ---: |",
         ]
         for stage, times in result["stages_ms"].items():
+            if stage == "far_field" and times["p99"] == 0.0:
+                continue  # off (far_field.zoom = 1)
             lines.append(f"| {stage} | {times['p50']:.2f} | {times['p95']:.2f} | {times['p99']:.2f} |")
         lines.append("")
     gpu = f", peak GPU {report['peak_gpu_mb']:.0f} MiB" if report["peak_gpu_mb"] is not None else ""

@@ -175,6 +175,30 @@ class AlertConfig:
 
 
 @dataclass
+class FarFieldConfig:
+    """A second, zoomed look at the far road for small distant obstacles (core/far_field.py)."""
+
+    #: Frame size / crop size of the far-field crop, run through the network at its input size
+    #: besides the whole frame; inside the crop the anomaly score is the higher of the two.
+    #: 1 = off. Frame size / network input size (e.g. 2 for 1024x512 frames and a 512x256
+    #: network) looks at the camera's native resolution. Costs one more forward pass per frame.
+    zoom: float = 1.0
+    #: Centre of the crop, [x, y] in 0..1 of the frame's width and height: where the road ahead
+    #: vanishes, (cx / width, cy / height) of the camera's principal point for a level camera.
+    center: tuple[float, float] = (0.5, 0.5)
+
+    def validate(self, prefix: str) -> None:
+        _check(1.0 <= self.zoom <= 16.0, prefix, "zoom", "a number in [1, 16] (1 = off)", self.zoom)
+        _check(
+            all(0.0 <= v <= 1.0 for v in self.center),
+            prefix,
+            "center",
+            "[x, y] with both coordinates in 0..1",
+            list(self.center),
+        )
+
+
+@dataclass
 class RenderConfig:
     """Colour views for RViz and reports."""
 
@@ -200,6 +224,7 @@ class PerceptionConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    far_field: FarFieldConfig = field(default_factory=FarFieldConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
 
     def validate(self, prefix: str = "") -> None:

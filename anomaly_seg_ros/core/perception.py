@@ -21,6 +21,7 @@ from torch import nn
 from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.core import alerts as alerting
 from anomaly_seg_ros.core.config import PerceptionConfig, replace_config
+from anomaly_seg_ros.core.far_field import crop_images, far_field_box, fuse_far_field
 from anomaly_seg_ros.core.score_stage import COMPILE_MIN_ELEMENTS, ScoreStage, fusable
 from anomaly_seg_ros.core.visualization import colorize, overlay
 from anomaly_seg_ros.inference.backends import BackendRequest, InferenceBackend, select_backend
@@ -38,7 +39,7 @@ from anomaly_seg_ros.scoring import Scorer, get_scorer, prepare_scorer
 from anomaly_seg_ros.scoring.base import TemperatureScorer
 
 #: Keys of the configuration that may change while the pipeline runs (no model reload).
-RUNTIME_SECTIONS = ("scorer", "alerts", "render")
+RUNTIME_SECTIONS = ("scorer", "alerts", "far_field", "render")
 
 
 @dataclass
@@ -210,11 +211,23 @@ class Perception:
             output = self._run_model(network_input, self.scorer.requires_features)
         with timer("score"):
             scores, labels = self.score_stage(output)
+        far_scores = None
+        if self.config.far_field.zoom > 1.0:
+            with timer("far_field"):
+                box = far_field_box(size, self.config.far_field.zoom, self.config.far_field.center)
+                far_input = normalize_images(crop_images(images, box), self.input_size, self.mean, self.std)
+                far_output = self._run_model(far_input, self.scorer.requires_features)
+                far_scores = frame_scores(self.score_stage(far_output)[0], box.size)
         # Resize on the device and bring back only the published maps: uint8 labels and the
         # heatmap; the label copy overlaps the score resize on CUDA (see FrameTransfer).
         with timer("postprocess"):
             self._transfer.start_download(frame_labels(labels, size)[0])
-            self._transfer.start_download(frame_scores(scores, size, self._heatmap_dtype)[0])
+            if far_scores is None:
+                heatmap = frame_scores(scores, size, self._heatmap_dtype)
+            else:
+                # fused in float32, then cast once: a float16 heatmap rounds only once
+                heatmap = fuse_far_field(frame_scores(scores, size), far_scores, box).to(self._heatmap_dtype)
+            self._transfer.start_download(heatmap[0])
         with timer("download"):
             labels_np, anomaly_np = self._transfer.finish_download()
             if anomaly_np.dtype != np.float32:

@@ -56,6 +56,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "alerts.persistence_k": (1, _INT_MAX),
     "alerts.persistence_n": (1, _INT_MAX),
     "alerts.track_iou": (0.0, 1.0),
+    "far_field.zoom": (1.0, 16.0),
     "render.overlay_alpha": (0.0, 1.0),
 }
 

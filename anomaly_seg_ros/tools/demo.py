@@ -244,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": str(weights),
         "held-out segmentation mIoU": f"{confusion.miou():.3f} ({args.eval_images} scenes)",
         "scorer / threshold": f"{perception.scorer.name} / {perception.threshold:.3f}",
+        "far field": _describe_far_field(perception),
         "timings (s)": ", ".join(f"{key} {value:.0f}" for key, value in timings.items()),
     }
     bag_curve = {f"{perception.scorer.name} (bag replay)": report.pr_curve} if report.pr_curve else None
@@ -262,6 +263,13 @@ def run(args: argparse.Namespace) -> int:
         print(markdown(live), end="")
     print(f"[5/5] report in {report_dir}")
     return 0
+
+
+def _describe_far_field(perception: Perception) -> str:
+    far = perception.config.far_field
+    if far.zoom <= 1.0:
+        return "off"
+    return f"zoom {far.zoom:g} centred at ({far.center[0]:g}, {far.center[1]:g}) of the frame (core/far_field.py)"
 
 
 def _save_overlays(folder: Path, recorder: DriveRecorder, truth: list[np.ndarray], perception: Perception) -> None:
