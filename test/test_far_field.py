@@ -10,6 +10,7 @@ from anomaly_seg_ros.common.errors import ConfigError
 from anomaly_seg_ros.core.config import load_config
 from anomaly_seg_ros.core.far_field import CropBox, far_field_box, fuse_far_field
 from anomaly_seg_ros.core.perception import Perception
+from anomaly_seg_ros.core.visualization import FAR_FIELD_COLOUR
 
 
 @pytest.mark.parametrize(
@@ -199,3 +200,18 @@ def test_bad_far_field_settings_are_one_line_errors_naming_the_key(override, mes
     with pytest.raises(ConfigError, match=message) as error:
         load_config(None, [override])
     assert "\n" not in str(error.value)
+
+
+def test_the_overlay_outlines_the_far_field_crop_unless_told_not_to():
+    frame = _red_dot_frame()
+    plain = _red_perception()(frame).overlay
+    outlined = _red_perception("far_field.zoom=2")(frame).overlay
+    hidden = _red_perception("far_field.zoom=2", "render.draw_far_field=false")(frame).overlay
+    # the crop is rows 32..96 and columns 64..192: its border, one pixel wide, in grey
+    border = np.zeros(frame.shape[:2], dtype=bool)
+    border[[32, 95], 64:192] = True
+    border[32:96, [64, 191]] = True
+    assert (outlined[border] == FAR_FIELD_COLOUR).all()
+    assert not (plain[border] == FAR_FIELD_COLOUR).all(axis=1).any()
+    np.testing.assert_array_equal(outlined[~border], hidden[~border])
+    np.testing.assert_array_equal(hidden[border], plain[border])

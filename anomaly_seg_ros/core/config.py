@@ -209,6 +209,8 @@ class RenderConfig:
     overlay_alpha: float = 0.5
     #: Draw alert boxes and track ids on the overlay view.
     draw_alerts: bool = True
+    #: Outline the far-field crop (far_field.zoom > 1) on the overlay view, to check where it looks.
+    draw_far_field: bool = True
 
     def validate(self, prefix: str) -> None:
         _check(0.0 <= self.overlay_alpha <= 1.0, prefix, "overlay_alpha", "a number in [0, 1]", self.overlay_alpha)

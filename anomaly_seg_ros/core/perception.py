@@ -211,7 +211,7 @@ class Perception:
             output = self._run_model(network_input, self.scorer.requires_features)
         with timer("score"):
             scores, labels = self.score_stage(output)
-        far_scores = None
+        far_scores, box = None, None
         if self.config.far_field.zoom > 1.0:
             with timer("far_field"):
                 box = far_field_box(size, self.config.far_field.zoom, self.config.far_field.center)
@@ -249,6 +249,9 @@ class Perception:
                     self.heatmap_range,
                     alpha=self.config.render.overlay_alpha,
                     alerts=alerts if self.config.render.draw_alerts else (),
+                    far_field=(box.top, box.bottom, box.left, box.right)
+                    if box is not None and self.config.render.draw_far_field
+                    else None,
                 )
         result.timings_ms = timer.stages
         result.timings_ms["total"] = sum(timer.stages.values())

@@ -13,6 +13,7 @@ from anomaly_seg_ros.core.alerts import Alert
 __all__ = ["colorize", "colour_bar", "heatmap", "overlay", "report_overlay"]
 
 ALERT_COLOUR = (0, 255, 0)
+FAR_FIELD_COLOUR = (190, 190, 190)
 
 
 def heatmap(anomaly: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
@@ -30,9 +31,14 @@ def overlay(
     *,
     alpha: float = 0.5,
     alerts: Sequence[Alert] = (),
+    far_field: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
-    """Frame blended with the heatmap, alert boxes drawn with their track ids."""
+    """Frame blended with the heatmap, alert boxes drawn with their track ids; ``far_field``
+    (top, bottom, left, right; end exclusive) outlined in grey, one pixel wide, under the alerts."""
     view = cv2.addWeighted(frame, 1.0 - alpha, heatmap(anomaly, value_range), alpha, 0.0)
+    if far_field is not None:
+        top, bottom, left, right = far_field
+        cv2.rectangle(view, (left, top), (right - 1, bottom - 1), FAR_FIELD_COLOUR, 1)
     thickness = max(1, round(min(frame.shape[:2]) / 256))
     for alert in alerts:
         x, y, w, h = alert.component.bbox
