@@ -48,6 +48,7 @@ def test_compiled_stage_equals_the_formulas_and_the_arg_max(name, temperature, c
     assert labels[0, 0, :4].tolist() == [3, 3, 3, 3]
     np.testing.assert_allclose(scores.numpy(), _direct(name, logits, temperature), rtol=0, atol=2e-6)
     torch.testing.assert_close(scores, scorer(logits), rtol=0, atol=1e-6)
+    torch.testing.assert_close(stage.scores(SegmentationOutput(logits=logits)), scores, rtol=0, atol=0)
     if hasattr(type(scorer), "fused_score"):  # the compiler's form of the formula, run eagerly
         torch.testing.assert_close(type(scorer).fused_score(logits, temperature), scorer(logits), rtol=0, atol=1e-6)
     # Another shape than the one warmed up runs the eager code (no compile on a frame).
@@ -57,7 +58,7 @@ def test_compiled_stage_equals_the_formulas_and_the_arg_max(name, temperature, c
 
 
 @pytest.mark.parametrize("name", ["msp", "maxlogit", "maxentropy", "energy"])
-def test_eager_stage_equals_the_formulas(name):
+def test_eager_stage_equals_the_formulas(name, monkeypatch):
     stage = ScoreStage(get_scorer(name))
     logits = _logits(True)
     stage.warm_up(logits)  # small CPU logits: not worth a compile
@@ -65,6 +66,11 @@ def test_eager_stage_equals_the_formulas(name):
     scores, labels = stage(SegmentationOutput(logits=logits))
     np.testing.assert_allclose(scores.numpy(), _direct(name, logits, 1.0), rtol=0, atol=2e-6)
     assert torch.equal(labels, logits.argmax(1).to(torch.uint8))
+    # scores alone (the far field's crop): the same scores, and no label pass
+    calls = []
+    monkeypatch.setattr(score_stage, "labels_from_logits", lambda logits: calls.append(1) or labels_from_logits(logits))
+    torch.testing.assert_close(stage.scores(SegmentationOutput(logits=logits)), scores, rtol=0, atol=0)
+    assert calls == []
 
 
 def test_which_scorers_are_fused_and_when_the_stage_compiles():

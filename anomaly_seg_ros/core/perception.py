@@ -211,18 +211,18 @@ class Perception:
             output = self._run_model(network_input, self.scorer.requires_features)
         with timer("score"):
             scores, labels = self.score_stage(output)
-        far_scores, box = None, None
+        box = None
         if self.config.far_field.zoom > 1.0:
             with timer("far_field"):
                 box = far_field_box(size, self.config.far_field.zoom, self.config.far_field.center)
                 far_input = normalize_images(crop_images(images, box), self.input_size, self.mean, self.std)
                 far_output = self._run_model(far_input, self.scorer.requires_features)
-                far_scores = frame_scores(self.score_stage(far_output)[0], box.size)
+                far_scores = frame_scores(self.score_stage.scores(far_output), box.size)
         # Resize on the device and bring back only the published maps: uint8 labels and the
         # heatmap; the label copy overlaps the score resize on CUDA (see FrameTransfer).
         with timer("postprocess"):
             self._transfer.start_download(frame_labels(labels, size)[0])
-            if far_scores is None:
+            if box is None:
                 heatmap = frame_scores(scores, size, self._heatmap_dtype)
             else:
                 # fused in float32, then cast once: a float16 heatmap rounds only once

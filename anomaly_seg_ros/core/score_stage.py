@@ -110,13 +110,23 @@ class ScoreStage:
             return
         self._compiled[self._signature(logits)] = function
 
-    def __call__(self, output: SegmentationOutput) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = output.logits
+    def _compiled_for(self, logits: torch.Tensor) -> Fused | None:
         compiled = self._compiled.get(self._signature(logits)) if self._compiled else None
         if compiled is not None:
             check_logits(logits)
-            return compiled(logits)
-        return self.scorer(output), labels_from_logits(logits)
+        return compiled
+
+    def __call__(self, output: SegmentationOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        compiled = self._compiled_for(output.logits)
+        if compiled is not None:
+            return compiled(output.logits)
+        return self.scorer(output), labels_from_logits(output.logits)
+
+    def scores(self, output: SegmentationOutput) -> torch.Tensor:
+        """The scores alone (the far field's crop needs no labels): the compiled kernel's, whose
+        label output costs one uint8 write, else the scorer's eager code without the label pass."""
+        compiled = self._compiled_for(output.logits)
+        return compiled(output.logits)[0] if compiled is not None else self.scorer(output)
 
     def describe(self) -> str:
         if self._compiled:
