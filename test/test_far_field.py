@@ -12,6 +12,8 @@ from anomaly_seg_ros.core.far_field import CropBox, far_field_box, fuse_far_fiel
 from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.core.visualization import FAR_FIELD_COLOUR
 
+from conftest import scene_perception
+
 
 @pytest.mark.parametrize(
     ("frame", "zoom", "center", "expected"),
@@ -76,21 +78,11 @@ def _red_dot_frame() -> np.ndarray:
 
 
 def _red_perception(*overrides: str) -> Perception:
-    config = load_config(
-        None,
-        [
-            "model.input_size=[64, 128]",
-            "model.mean=[0, 0, 0]",
-            "model.std=[1, 1, 1]",
-            "scorer.name=maxlogit",
-            "alerts.threshold=-5.0",
-            "alerts.min_area_px=4",
-            "alerts.persistence_k=2",
-            "alerts.persistence_n=3",
-            *overrides,
-        ],
+    """conftest's scene pipeline (64x128 network, maxlogit, threshold -5, 2-of-3 persistence)
+    around RedDetector, on 0..1 inputs, alerting from 4 pixels."""
+    return scene_perception(
+        "model.mean=[0, 0, 0]", "model.std=[1, 1, 1]", "alerts.min_area_px=4", *overrides, model=RedDetector()
     )
-    return Perception(RedDetector(), config)
 
 
 def test_a_small_far_obstacle_missed_at_network_size_is_alerted_by_the_far_field():
