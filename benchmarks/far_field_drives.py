@@ -6,7 +6,8 @@ of ``config/demo.yaml`` with ``far_field.zoom`` set to each value (1 = off), cen
 drive camera's principal point, and reviews it with the demo's rule
 (replay/drive_review.py): per obstacle, the frame where its mask first covers 100 px and the
 delay of its first matched alert; the false alert tracks; and the pixel AuPRC / FPR95 over
-the drive. It then times ``Perception.process`` with and without the far field, alternating
+the drive (the replay's, over every pixel, as in `make demo`'s report). It then times
+``Perception.process`` with and without the far field, alternating
 call by call so that both see the same machine load, and reports the ratio of medians.
 
     python benchmarks/far_field_drives.py --seeds 7 8 11 13 --zooms 1 2 3 4 --out runs/far_field
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,9 +29,9 @@ import numpy as np
 from anomaly_seg_ros.core.config import load_config
 from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.data.synthetic import camera_intrinsics
-from anomaly_seg_ros.metrics.ood import average_precision, fpr_at_tpr
 from anomaly_seg_ros.replay.bagio import iter_messages
 from anomaly_seg_ros.replay.drive_review import DriveRecorder, read_ground_truth, review_drive
+from anomaly_seg_ros.replay.runner import replay_bag
 from anomaly_seg_ros.replay.synthetic_bag import SequenceTopics, write_sequence_bag
 from anomaly_seg_ros.ros.conversions import message_to_rgb
 
@@ -37,41 +39,37 @@ REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 512, 1024
 
 
-def drive(folder: Path, seed: int, frames: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Frames and ground-truth masks of the seed's drive (rendered once into ``folder``)."""
+def drive(folder: Path, seed: int, frames: int) -> Path:
+    """The seed's drive bag (rendered once into ``folder``)."""
     bag = folder / f"drive_{seed}"
     if not bag.exists():
         write_sequence_bag(bag, seed=seed, num_frames=frames, height=HEIGHT, width=WIDTH)
-    topics = SequenceTopics()
-    images = [message_to_rgb(message.msg) for message in iter_messages(bag, [topics.image])]
-    return images, read_ground_truth(bag, topics.ground_truth)
+    return bag
 
 
 def _delay(frames: int | None) -> str:
     return "missed" if frames is None else f"{frames:+d}"
 
 
-def review(perception: Perception, images: list[np.ndarray], truth: list[np.ndarray]) -> str:
-    """One Markdown row's cells: obstacles (100 px frame, delay), false tracks, AuPRC, FPR95."""
+def review(perception: Perception, bag: Path, truth: list[np.ndarray]) -> str:
+    """One Markdown row's cells: obstacles (100 px frame, delay), false tracks, AuPRC, FPR95.
+
+    The replay of ``anomaly-seg bag`` / ``make demo`` (its pixel metrics over every pixel) with
+    the demo's per-obstacle review as its ``on_frame`` hook."""
     perception.reset()
     recorder = DriveRecorder()
-    scores, labels = [], []
-    for index, (image, mask) in enumerate(zip(images, truth, strict=True)):
-        result = perception.process(image, render_color=False, render_overlay=False)
-        recorder(index, image, result)
-        valid = mask != 255
-        scores.append(result.anomaly[valid][::7])  # every 7th pixel: the curve, at a seventh of the memory
-        labels.append(mask[valid][::7])
+    with tempfile.TemporaryDirectory() as scratch:
+        report = replay_bag(bag, Path(scratch) / "replayed", perception, on_frame=recorder)
     outcome = review_drive(recorder, truth)
     obstacles = ", ".join(
         f"{row['first_100px_frame']} → {_delay(row['delay_frames'])}" + ("" if row["in_time"] else " (late)")
         for row in outcome["obstacles"]
         if row["first_100px_frame"] is not None
     )
-    score, label = np.concatenate(scores), np.concatenate(labels)
+    pixels = report.pixel_metrics
     return (
         f"{obstacles} | {len(outcome['false_alert_tracks'])} | "
-        f"{100 * average_precision(score, label):.1f} | {100 * fpr_at_tpr(score, label):.2f}"
+        f"{100 * pixels['ap']:.1f} | {100 * pixels['fpr_at_tpr']:.2f}"
     )
 
 
@@ -109,16 +107,17 @@ def main() -> int:
         "| drive seed | zoom | obstacles: 100 px frame → alert delay (frames) | false tracks | AuPRC (%) | FPR95 (%) |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
-    images: list[np.ndarray] = []
     for seed in args.seeds:
-        images, truth = drive(args.out, seed, args.frames)
+        bag = drive(args.out, seed, args.frames)
+        truth = read_ground_truth(bag, SequenceTopics().ground_truth)
         camera = camera_intrinsics(seed, height=HEIGHT, width=WIDTH)
         center = f"far_field.center=[{camera.cx / WIDTH:.4f}, {camera.cy / HEIGHT:.4f}]"
         for zoom in args.zooms:
             config = load_config(args.config, [f"model.weights={args.weights}", f"far_field.zoom={zoom}", center])
-            row = review(Perception.from_config(config), images, truth)
+            row = review(Perception.from_config(config), bag, truth)
             print(f"| {seed} | {'off' if zoom == 1 else f'{zoom:g}'} | {row} |", flush=True)
     if args.timing_calls > 0:
+        images = [message_to_rgb(message.msg) for message in iter_messages(bag, [SequenceTopics().image])]
         print()
         print(cost(args.config, args.weights, 2.0 if 2.0 in args.zooms else max(args.zooms), images, args.timing_calls))
     return 0
