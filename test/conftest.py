@@ -34,6 +34,22 @@ class SceneLogits(nn.Module):
         return logits
 
 
+class RedDetector(nn.Module):
+    """A stand-in network that knows one thing: red is anomalous. On 0..1 RGB input, redness
+    r = R - G; road (class 0) gets logit 10 (1 - r), the other classes 0, so the maxlogit
+    score -max(10 (1 - r), 0) is -10 on grey and 0 on pure red. Counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        logits = torch.zeros(x.shape[0], 19, *x.shape[-2:])
+        logits[:, 0] = 10.0 * (1.0 - (x[:, 0] - x[:, 1]))
+        return logits
+
+
 def scene_perception(*overrides: str, model: nn.Module | None = None) -> Perception:
     """A Perception around SceneLogits: threshold -5 between road (-10) and anomaly (0), 2-of-3 persistence."""
     config = load_config(

@@ -2,6 +2,7 @@
 aggregated (totals = sums of the per-bag reports, pixels pooled), the report files, and the CLI layout."""
 
 import csv
+import functools
 import json
 
 import numpy as np
@@ -10,6 +11,8 @@ from sklearn.metrics import average_precision_score
 
 from anomaly_seg_ros.common.errors import BagError
 from anomaly_seg_ros.metrics.components import ComponentMetrics
+from anomaly_seg_ros.metrics.ood import StreamingOODMetrics
+from anomaly_seg_ros.replay import runner
 from anomaly_seg_ros.replay.bagio import BagWriter, iter_messages
 from anomaly_seg_ros.replay.report import write_bag_report
 from anomaly_seg_ros.replay.runner import match_rule, plan_outputs, replay_bag, replay_bags
@@ -18,7 +21,7 @@ from anomaly_seg_ros.replay.synthetic_bag import START_NS, SequenceTopics, write
 from anomaly_seg_ros.ros.conversions import array_to_image_msg, make_header, stamp_to_ns
 from anomaly_seg_ros.ros.typestore import get_typestore
 
-from conftest import scene_perception
+from conftest import RedDetector, scene_perception
 
 HEIGHT, WIDTH = 64, 128  # the network input of scene_perception: frame pixels = network pixels
 FPS = 10.0
@@ -213,6 +216,41 @@ def test_ground_truth_with_invalid_values_is_rejected_and_scoring_goes_on(tmp_pa
     assert "values 0, 7" in summary["last_rejection"] and "expected 0 (in-distribution)" in summary["last_rejection"]
     assert summary["gt_frames"] == frames - 1
     assert summary["pixel_metrics"]["num_anomaly"] == (frames - 1) * 16 * 16
+
+
+def test_a_bags_pixel_metrics_bin_in_a_fixed_range_not_one_learnt_from_its_first_frames(tmp_path, monkeypatch):
+    """More ground-truth pixels than the exact buffer (shrunk here to one frame): the first two
+    frames hold no obstacle (road scoring -10 on the left, -9.02 on the right), the last two a red
+    square scoring 0. A range learnt from the first frames ([-10.1, -8.9]) would put the square in
+    one edge bin with the whole right half; binned in the fixed range (the heatmap range
+    threshold -5 +- 1, widened by its span: [-8, -2]) the square stays apart: AP 1, as sklearn's."""
+    monkeypatch.setattr(
+        runner, "StreamingOODMetrics", functools.partial(StreamingOODMetrics, buffer_size=HEIGHT * WIDTH)
+    )
+    typestore = get_typestore()
+    scores, labels = [], []
+    with BagWriter(tmp_path / "drive", typestore=typestore) as writer:
+        writer.add_topic("/cam/image_raw", "sensor_msgs/msg/Image")
+        writer.add_topic("/cam/anomaly_gt", "sensor_msgs/msg/Image")
+        for index in range(4):
+            stamp = START_NS + index * 100 * MS
+            header = make_header(typestore, stamp, "cam")
+            image = np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
+            image[:, WIDTH // 2 :, 0] = 153  # redness 25/255: maxlogit -10 (1 - 25/255) = -9.02
+            truth = np.zeros((HEIGHT, WIDTH), np.uint8)
+            if index >= 2:
+                image[40:56, 16:32] = (255, 0, 0)
+                truth[40:56, 16:32] = 1
+            writer.write("/cam/image_raw", array_to_image_msg(typestore, image, header, "rgb8"), stamp)
+            writer.write("/cam/anomaly_gt", array_to_image_msg(typestore, truth, header, "mono8"), stamp)
+            scores.append(np.where(truth == 1, 0.0, np.where(np.arange(WIDTH) >= WIDTH // 2, -9.02, -10.0)).ravel())
+            labels.append(truth.ravel())
+    perception = scene_perception("model.mean=[0, 0, 0]", "model.std=[1, 1, 1]", model=RedDetector())
+    pixels = replay_bag(tmp_path / "drive", tmp_path / "out", perception).pixel_metrics
+    assert not pixels["exact"] and pixels["score_range"] == pytest.approx([-8.0, -2.0])
+    expected = average_precision_score(np.concatenate(labels), np.concatenate(scores))
+    assert expected == 1.0 and pixels["ap"] == pytest.approx(expected, abs=1e-9)
+    assert pixels["num_anomaly"] == 2 * 16 * 16
 
 
 # -- several bags ----------------------------------------------------------------------------

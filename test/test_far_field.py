@@ -12,7 +12,7 @@ from anomaly_seg_ros.core.far_field import CropBox, far_field_box, fuse_far_fiel
 from anomaly_seg_ros.core.perception import Perception
 from anomaly_seg_ros.core.visualization import FAR_FIELD_COLOUR
 
-from conftest import scene_perception
+from conftest import RedDetector, scene_perception
 
 
 @pytest.mark.parametrize(
@@ -52,22 +52,6 @@ def test_fusion_is_the_maximum_inside_the_crop_and_nothing_outside():
     torch.testing.assert_close(fused, expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"crop's size \(2, 3\)"):
         fuse_far_field(scores, far[..., :2], CropBox(1, 3, 2, 5))
-
-
-class RedDetector(nn.Module):
-    """A stand-in network that knows one thing: red is anomalous. On 0..1 RGB input, redness
-    r = R - G; road (class 0) gets logit 10 (1 - r), the other classes 0, so the maxlogit
-    score -max(10 (1 - r), 0) is -10 on grey and 0 on pure red. Counts its calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        logits = torch.zeros(x.shape[0], 19, *x.shape[-2:])
-        logits[:, 0] = 10.0 * (1.0 - (x[:, 0] - x[:, 1]))
-        return logits
 
 
 def _red_dot_frame() -> np.ndarray:

@@ -76,8 +76,8 @@ class ReplayOptions:
     camera_pitch_rad: float = 0.0
     #: SMIYC size filters of the component metrics: "obstacle" (RoadObstacle21) or "anomaly".
     component_track: Literal["obstacle", "anomaly"] = "obstacle"
-    #: Histogram range of the pooled pixel metrics of a multi-bag run once its pixels overflow the
-    #: exact buffer (default: :func:`pooled_score_range`).
+    #: Histogram range of the pixel metrics (each bag's and a run's pooled) once their pixels
+    #: overflow the exact buffer (default: :func:`pooled_score_range`).
     pooled_score_range: tuple[float, float] | None = None
 
 
@@ -212,9 +212,13 @@ class _GroundTruthTracker:
         match_iou: float,
         min_area_px: int,
         components: ComponentMetrics,
+        score_range: tuple[float, float],
         pooled: PooledMetrics | None = None,
     ) -> None:
-        self.metrics = StreamingOODMetrics()
+        # The histogram range is fixed from the pipeline's score scale, not learnt from the first
+        # pixels: a drive whose first frames hold no obstacle would learn a range that ends below
+        # the alert threshold and pile every later anomaly pixel into one edge bin.
+        self.metrics = StreamingOODMetrics(histogram_range=score_range)
         self.components = components
         #: Accumulators shared by all bags of a run: pixels are pooled, not per-bag values averaged.
         self.pooled = pooled
@@ -336,8 +340,8 @@ class PooledMetrics:
 
 
 def pooled_score_range(perception: Perception, options: ReplayOptions) -> tuple[float, float]:
-    """Histogram range of a run's pooled pixel metrics: ``options.pooled_score_range``, else the
-    heatmap range widened by its span on each side.
+    """Histogram range of the pixel metrics, a bag's and a run's pooled: ``options.pooled_score_range``,
+    else the heatmap range widened by its span on each side.
 
     Fixed before the first pixel (not learnt from the first bag's pixels) so that bags replayed
     apart, in other processes or on other machines, merge into exactly the serial run's
@@ -403,7 +407,13 @@ def replay_bag(
     report = ReplayReport(str(bag), str(out), camera_topic, gt_topic)
     components = new_component_metrics(perception.threshold, options.component_track)
     truth = (
-        _GroundTruthTracker(options.match_iou, perception.config.alerts.min_area_px, components, pooled)
+        _GroundTruthTracker(
+            options.match_iou,
+            perception.config.alerts.min_area_px,
+            components,
+            pooled_score_range(perception, options),
+            pooled,
+        )
         if gt_topic
         else None
     )

@@ -60,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         nargs=2,
         metavar=("LO", "HI"),
-        help="histogram range of the pooled pixel metrics once they outgrow the exact buffer "
+        help="histogram range of the pixel metrics (per bag and pooled) once they outgrow the exact buffer "
         "(default: the heatmap range widened by its span on each side)",
     )
     scale = parser.add_mutually_exclusive_group()
