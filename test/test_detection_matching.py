@@ -47,7 +47,7 @@ def _alert(track_id, bbox):
 
 
 def test_tracker_counts_a_horizon_blob_as_a_false_alert_and_a_matched_box_as_the_detection():
-    tracker = _GroundTruthTracker(0.5, 100, ComponentMetrics(0.5, "obstacle"))
+    tracker = _GroundTruthTracker(0.5, 100, ComponentMetrics(0.5, "obstacle"), score_range=(-1.0, 2.0))
     truth = np.zeros((64, 128), np.uint8)
     truth[20:23, 60:64] = 1  # a far obstacle of 12 pixels (below min_area_px = 100)
     anomaly = np.zeros(truth.shape, np.float32)
